@@ -1,0 +1,1 @@
+"""Ray actor shells and the ZeroMQ/msgspec data plane (trajectories, rewards, weights)."""

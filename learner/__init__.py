@@ -1,0 +1,1 @@
+"""GSPO and SFT on DeepSpeed, loss math as pure functions, checkpoints."""

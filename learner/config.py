@@ -1,0 +1,45 @@
+"""Learner options (DESIGN 4-5). Pure msgspec: importable without torch or DeepSpeed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+PosFloat = Annotated[float, Meta(gt=0.0)]
+NonNegFloat = Annotated[float, Meta(ge=0.0)]
+PosInt = Annotated[int, Meta(ge=1)]
+
+
+class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """GSPO on DeepSpeed: ranks, ZeRO stage, optimiser, loss."""
+
+    num_ranks: Annotated[int, Meta(ge=1, le=1024)] = 1
+    zero_stage: Literal[2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    lr: Annotated[float, Meta(gt=0.0, le=1.0)] = 2e-4
+    warmup_steps: Annotated[int, Meta(ge=0)] = 2
+    weight_decay: NonNegFloat = 0.0
+    grad_clip: PosFloat = 1.0
+    num_minibatches: PosInt = 4
+    loss: Literal["gspo", "gspo_token"] = "gspo"
+    eps_low: Annotated[float, Meta(gt=0.0, lt=1.0)] = 3e-4
+    eps_high: Annotated[float, Meta(gt=0.0)] = 4e-4
+    kl_beta: NonNegFloat = 0.0
+    is_cap: Annotated[float, Meta(ge=1.0)] = 2.0
+    """Truncation C of the sequence-level importance weight for stale / engine-mismatched samples."""
+    checkpoint_every: Annotated[int, Meta(ge=0)] = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+    reduce_bucket_size: Annotated[int, Meta(ge=1)] = 5_000_000
+
+
+class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Cold-start SFT: same engine code as the learner, loss on target tokens only."""
+
+    steps: Annotated[int, Meta(ge=0)] = 300
+    batch_size: PosInt = 8
+    lr: Annotated[float, Meta(gt=0.0, le=1.0)] = 2e-3
+    warmup_steps: Annotated[int, Meta(ge=0)] = 20
+    eval_every: Annotated[int, Meta(ge=0)] = 100
+    eval_samples: Annotated[int, Meta(ge=1)] = 64
+    num_ranks: Annotated[int, Meta(ge=1, le=1024)] = 1

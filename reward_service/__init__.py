@@ -1,0 +1,1 @@
+"""Pure reward functions (temporal gating + adaptive proximity) and the CPU-sharded service."""

@@ -1,0 +1,45 @@
+"""Reward options (DESIGN 3). Pure msgspec: importable without torch, Ray or ZeroMQ."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonNegFloat = Annotated[float, Meta(ge=0.0)]
+PosFloat = Annotated[float, Meta(gt=0.0)]
+
+
+class RewardWeights(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Weight w_c of each component in the total (only components that apply to a task count)."""
+
+    format: NonNegFloat = 1.0
+    answer_accuracy: NonNegFloat = 1.0
+    answer_tiou: NonNegFloat = 1.0
+    answer_viou: NonNegFloat = 1.0
+    think_temporal_segment: NonNegFloat = 1.0
+    temporal_proximity: NonNegFloat = 1.0
+    spatial_gated: NonNegFloat = 1.0
+
+
+class RewardConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How completions are scored and how the sharded reward service runs."""
+
+    weights: RewardWeights = msgspec.field(default_factory=RewardWeights)
+    gate_delta_s: PosFloat = 1.0
+    """Temporal gate: a claim's box is scored only if |t - nearest key frame| <= this (seconds)."""
+    sigma0: PosFloat = 4.0
+    """Adaptive proximity: initial sigma (seconds) of the curriculum."""
+    sigma_min: PosFloat = 1.0
+    """Adaptive proximity: final (minimum) sigma."""
+    proximity_scope: Literal["claims", "all"] = "claims"
+    """`claims`: mean over claim times; `all`: every <t> in the think (the reference's behaviour)."""
+    object_match: Literal["name", "any"] = "name"
+    """`name`: boxes are compared with the same object's ground truth; `any` ignores names (reference)."""
+    spatial_mode: Literal["gated", "plain"] = "gated"
+    """`plain` is the ablation baseline: IoU at the predicted time without gating or proximity."""
+    num_shards: Annotated[int, Meta(ge=1, le=256)] = 2
+    deadline_s: PosFloat = 2.0
+    """Per-request deadline before the client retries on another shard."""
+    batch_size: Annotated[int, Meta(ge=1)] = 32

@@ -1,0 +1,1 @@
+"""Generation engines (HF generate on CPU, vLLM on GPU), video loading, prompt building, data."""

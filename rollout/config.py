@@ -1,0 +1,49 @@
+"""Rollout, model and data options (DESIGN 2, 7, 8). Pure msgspec: no torch at import."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+PosInt = Annotated[int, Meta(ge=1)]
+PosFloat = Annotated[float, Meta(gt=0.0)]
+
+
+class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Which checkpoint to train. `path` may be any local HF Qwen2.5-VL checkpoint."""
+
+    path: str = "models/tiny"
+    init_seed: int = 0
+    """Seed for `stgrl init-model` when `path` does not exist yet (embedded tiny model)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Dataset files and the video sampling that turns a video into model input."""
+
+    train: str = "data/shapes/train.jsonl"
+    eval: str = "data/shapes/eval.jsonl"
+    fps: PosFloat = 2.0
+    min_frames: Annotated[int, Meta(ge=1, le=512)] = 4
+    max_frames: Annotated[int, Meta(ge=1, le=512)] = 16
+    max_pixels_per_frame: Annotated[int, Meta(ge=28 * 28)] = 128 * 28 * 28
+    min_pixels_per_frame: Annotated[int, Meta(ge=28 * 28)] = 4 * 28 * 28
+    synth_difficulty: Literal["easy", "medium", "hard"] = "easy"
+    synth_train: Annotated[int, Meta(ge=1)] = 2000
+    synth_eval: Annotated[int, Meta(ge=1)] = 200
+    synth_seed: int = 0
+
+
+class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Rollout pool size and sampling parameters."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    num_workers: Annotated[int, Meta(ge=1, le=4096)] = 2
+    group_size: Annotated[int, Meta(ge=2, le=256)] = 4
+    prompts_per_step: PosInt = 8
+    temperature: Annotated[float, Meta(ge=0.0, le=10.0)] = 1.0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    max_new_tokens: Annotated[int, Meta(ge=1, le=32768)] = 96
+    gpu_memory_utilization: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.5
+    num_gpus_per_worker: Annotated[float, Meta(ge=0.0)] = 0.0

@@ -1,0 +1,7 @@
+"""``python -m stgrl`` is the ``stgrl`` command."""
+
+import sys
+
+from stgrl.orchestration.cli import main
+
+sys.exit(main())
