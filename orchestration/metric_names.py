@@ -1,0 +1,44 @@
+"""The canonical metric names of DESIGN section 11 (pure Python, no Ray import).
+
+Code registers each metric with ``ray.util.metrics`` under its DESIGN name with ``/`` replaced by
+``_`` (``rollout/tokens_per_s`` -> ``rollout_tokens_per_s``); Ray exports it to Prometheus with a
+``ray_`` prefix (``ray_rollout_tokens_per_s``), which is what :func:`prometheus_name` returns and
+what ``k8s/grafana-dashboard.json`` queries. ``reward/latency_s`` is a histogram (exported as
+``_bucket``/``_sum``/``_count``); ``pipeline/idle_ratio`` carries a ``pool`` tag (``rollout`` or
+``learner``). Counters, when added, end in ``_total``.
+"""
+
+from __future__ import annotations
+
+REWARD_COMPONENTS: tuple[str, ...] = (
+    "format",
+    "answer_accuracy",
+    "answer_tiou",
+    "answer_viou",
+    "think_temporal_segment",
+    "temporal_proximity",
+    "spatial_gated",
+)
+
+METRIC_NAMES: tuple[str, ...] = (
+    "rollout/tokens_per_s",
+    "rollout/samples_per_s",
+    "rollout/queue_depth",
+    "reward/requests_per_s",
+    "reward/latency_s",
+    *(f"reward/{component}" for component in REWARD_COMPONENTS),
+    "learner/step_time_s",
+    "learner/tokens_per_s",
+    "learner/clip_fraction",
+    "learner/is_weight",
+    "weights/sync_time_s",
+    "weights/version_lag",
+    "pipeline/idle_ratio",
+    "train/reward_mean",
+    "train/zero_std_groups",
+)
+
+
+def prometheus_name(name: str) -> str:
+    """The name Prometheus sees for DESIGN metric ``name``: ``ray_`` + ``name`` with ``/`` -> ``_``."""
+    return "ray_" + name.replace("/", "_")
