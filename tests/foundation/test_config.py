@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from stgrl.orchestration.config import Config, ConfigError, config_to_yaml, load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from stgrl.rollout.tiny_model import GRAMMAR_TOKENS, SPECIAL_TOKENS, build_tiny_model
 
 
