@@ -36,6 +36,7 @@ def ray_cluster(tmp_path_factory):
         num_cpus=8,
         resources={"rollout": 8, "reward": 8, "learner": 8},
         include_dashboard=False,
+        _node_ip_address="127.0.0.1",  # keep all Ray traffic on loopback
         _temp_dir=str(base / "ray"),
         log_to_driver=True,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
