@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 COMMANDS: tuple[str, ...] = (
     "init_model",
     "config",
+    "eval",
 )
 
 DESCRIPTION = """\
