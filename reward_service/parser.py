@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 _TAG = re.compile(r"<(/?)(think|answer|obj|box|t)>")
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?)\s*")
@@ -36,14 +38,14 @@ MAX_BOX_CHARS = 256
 MAX_NAME_CHARS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Tag:
-    """One tag token: `<name>` or `</name>` spanning text[start:end]."""
+class Tags(NamedTuple):
+    """The grammar tags of a text, as parallel lists: tag `i` is `kind[i]` (the literal tag, e.g.
+    `"<obj>"` or `"</obj>"`) spanning `text[start[i]:end[i]]`. Lists rather than one object per tag:
+    a 1 MB adversarial completion holds ~200k tags."""
 
-    start: int
-    end: int
-    closing: bool
-    name: str
+    start: list[int]
+    end: list[int]
+    kind: list[str]
 
 
 @dataclass(slots=True)
@@ -113,75 +115,31 @@ def parse_box(text: str) -> list[float] | None:
     return out
 
 
-def tokenize_tags(text: str) -> list[Tag]:
+def tokenize_tags(text: str) -> Tags:
     """All grammar tags of `text` in order (one linear regex pass)."""
-    return [Tag(m.start(), m.end(), m.group(1) == "/", m.group(2)) for m in _TAG.finditer(text)]
+    starts: list[int] = []
+    ends: list[int] = []
+    kinds: list[str] = []
+    for m in _TAG.finditer(text):
+        a, b = m.span()
+        starts.append(a)
+        ends.append(b)
+        kinds.append(m[0])
+    return Tags(starts, ends, kinds)
 
 
-def _first_block(tags: list[Tag], name: str) -> tuple[int, int] | None:
-    """Token indices (open, close) of the first `<name>` and the first `</name>` after it."""
-    open_i = None
-    for i, t in enumerate(tags):
-        if t.name != name:
-            continue
-        if open_i is None:
-            if not t.closing:
-                open_i = i
-        elif t.closing:
-            return open_i, i
-    return None
+def _first_block(kinds: list[str], name: str) -> tuple[int, int] | None:
+    """Tag indices (open, close) of the first `<name>` and the first `</name>` after it."""
+    opening, closing = f"<{name}>", f"</{name}>"
+    try:
+        i = kinds.index(opening)
+        return i, kinds.index(closing, i + 1)
+    except ValueError:
+        return None
 
 
 def _is_blank(text: str, start: int, end: int) -> bool:
     return start >= end or text[start:end].isspace()
-
-
-def _parse_claims(text: str, tags: list[Tag], lo: int, hi: int) -> list[Claim]:
-    """Claims among tokens lo..hi-1 (the inside of the think). Each token is visited O(1) times."""
-    claims: list[Claim] = []
-    i = lo
-    while i < hi:
-        t = tags[i]
-        if t.closing or t.name != "obj":
-            i += 1
-            continue
-        j = i + 1
-        if j >= hi or tags[j].name != "obj" or not tags[j].closing:
-            i = j
-            continue
-        name_end = tags[j].start
-        name = text[t.end : name_end] if name_end - t.end <= MAX_NAME_CHARS else None
-        k = j + 1
-        pos = tags[j].end
-        boxes: list[list[float] | None] = []
-        while (
-            k + 1 < hi
-            and tags[k].name == "box"
-            and not tags[k].closing
-            and tags[k + 1].name == "box"
-            and tags[k + 1].closing
-            and _is_blank(text, pos, tags[k].start)
-        ):
-            boxes.append(parse_box(text[tags[k].end : tags[k + 1].start]))
-            pos = tags[k + 1].end
-            k += 2
-        if (
-            name is not None
-            and boxes
-            and k + 1 < hi
-            and tags[k].name == "t"
-            and not tags[k].closing
-            and tags[k + 1].name == "t"
-            and tags[k + 1].closing
-            and _CLAIM_AT.fullmatch(text, pos, tags[k].start) is not None
-            and _followed_by_s(text, tags[k + 1].end, tags[k + 2].start if k + 2 < len(tags) else len(text))
-        ):
-            time = parse_number(text[tags[k].end : tags[k + 1].start])
-            claims.append(Claim(name=name.strip(), boxes=boxes, time=time))
-            i = k + 2
-        else:
-            i = max(k, i + 1)
-    return claims
 
 
 def _followed_by_s(text: str, pos: int, limit: int) -> bool:
@@ -191,57 +149,80 @@ def _followed_by_s(text: str, pos: int, limit: int) -> bool:
     return pos < limit and text[pos] == "s"
 
 
-def _times(text: str, tags: list[Tag], lo: int, hi: int) -> list[float | None]:
-    out: list[float | None] = []
-    for i in range(lo, hi - 1):
-        a, b = tags[i], tags[i + 1]
-        if a.name == "t" and not a.closing and b.name == "t" and b.closing:
-            out.append(parse_number(text[a.end : b.start]))
-    return out
+def _parse_claims(text: str, tags: Tags, lo: int, hi: int) -> list[Claim]:
+    """Claims among tags lo..hi-1 (the inside of the think). Each tag is visited O(1) times: a failed
+    attempt resumes at the first tag it could not consume, which is never an `<obj>` it skipped."""
+    start, end, kind = tags
+    claims: list[Claim] = []
+    i = lo
+    while i < hi:
+        if kind[i] != "<obj>":
+            i += 1
+            continue
+        j = i + 1
+        if j >= hi or kind[j] != "</obj>":
+            i = j
+            continue
+        name = text[end[i] : start[j]] if start[j] - end[i] <= MAX_NAME_CHARS else None
+        k = j + 1
+        pos = end[j]
+        boxes: list[list[float] | None] = []
+        while k + 1 < hi and kind[k] == "<box>" and kind[k + 1] == "</box>" and _is_blank(text, pos, start[k]):
+            boxes.append(parse_box(text[end[k] : start[k + 1]]))
+            pos = end[k + 1]
+            k += 2
+        if (
+            name is not None
+            and boxes
+            and k + 1 < hi
+            and kind[k] == "<t>"
+            and kind[k + 1] == "</t>"
+            and _CLAIM_AT.fullmatch(text, pos, start[k]) is not None
+            and _followed_by_s(text, end[k + 1], start[k + 2] if k + 2 < len(kind) else len(text))
+        ):
+            claims.append(Claim(name=name.strip(), boxes=boxes, time=parse_number(text[end[k] : start[k + 1]])))
+            i = k + 2
+        else:
+            i = max(k, i + 1)
+    return claims
 
 
-def _boxes(text: str, tags: list[Tag], lo: int, hi: int) -> list[list[float] | None]:
-    out: list[list[float] | None] = []
-    for i in range(lo, hi - 1):
-        a, b = tags[i], tags[i + 1]
-        if a.name == "box" and not a.closing and b.name == "box" and b.closing:
-            out.append(parse_box(text[a.end : b.start]))
-    return out
+def _pairs(text: str, tags: Tags, lo: int, hi: int, opening: str, closing: str) -> list[str]:
+    """Contents of every `opening…closing` pair of adjacent tags among tags lo..hi-1."""
+    start, end, kind = tags
+    return [text[end[i] : start[i + 1]] for i in range(lo, hi - 1) if kind[i] == opening and kind[i + 1] == closing]
 
 
-def _well_formed(tags: list[Tag], think: tuple[int, int] | None, answer: tuple[int, int] | None) -> bool:
-    if think is None or answer is None:
+def _well_formed(kinds: list[str], think: tuple[int, int] | None, answer: tuple[int, int] | None) -> bool:
+    if think is None or answer is None or not think[1] < answer[0]:
         return False
-    counts: dict[tuple[str, bool], int] = {}
-    for t in tags:
-        counts[(t.name, t.closing)] = counts.get((t.name, t.closing), 0) + 1
-    for name in ("think", "answer"):
-        if counts.get((name, False), 0) != 1 or counts.get((name, True), 0) != 1:
-            return False
-    if not think[1] < answer[0]:
+    if Counter(k for k in kinds if k in _BLOCK_TAGS) != _ONE_EACH:
         return False
-    inner: dict[tuple[str, bool], int] = {}
-    for t in tags[think[0] + 1 : think[1]]:
-        inner[(t.name, t.closing)] = inner.get((t.name, t.closing), 0) + 1
-    return all(inner.get((n, False), 0) == inner.get((n, True), 0) for n in ("obj", "box", "t"))
+    inner = Counter(kinds[think[0] + 1 : think[1]])
+    return all(inner[f"<{n}>"] == inner[f"</{n}>"] for n in ("obj", "box", "t"))
+
+
+_BLOCK_TAGS = frozenset({"<think>", "</think>", "<answer>", "</answer>"})
+_ONE_EACH = Counter(_BLOCK_TAGS)
 
 
 def parse_completion(text: str) -> ParsedCompletion:
     """Parse a completion once; every reward component reads the result. Never raises on str input."""
     tags = tokenize_tags(text)
-    think = _first_block(tags, "think")
-    answer = _first_block(tags, "answer")
+    start, end, kind = tags
+    think = _first_block(kind, "think")
+    answer = _first_block(kind, "answer")
     out = ParsedCompletion(
-        think=text[tags[think[0]].end : tags[think[1]].start] if think else None,
-        answer=text[tags[answer[0]].end : tags[answer[1]].start] if answer else None,
-        well_formed=_well_formed(tags, think, answer),
+        think=text[end[think[0]] : start[think[1]]] if think else None,
+        answer=text[end[answer[0]] : start[answer[1]]] if answer else None,
+        well_formed=_well_formed(kind, think, answer),
     )
     if think is not None:
         out.claims = _parse_claims(text, tags, think[0] + 1, think[1])
-        out.think_times = _times(text, tags, think[0] + 1, think[1])
+        out.think_times = [parse_number(x) for x in _pairs(text, tags, think[0] + 1, think[1], "<t>", "</t>")]
     if answer is not None:
-        out.answer_times = _times(text, tags, answer[0] + 1, answer[1])
-        out.answer_boxes = _boxes(text, tags, answer[0] + 1, answer[1])
+        out.answer_times = [parse_number(x) for x in _pairs(text, tags, answer[0] + 1, answer[1], "<t>", "</t>")]
+        out.answer_boxes = [parse_box(x) for x in _pairs(text, tags, answer[0] + 1, answer[1], "<box>", "</box>")]
     return out
 
 
