@@ -31,6 +31,12 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     checkpoint_every: Annotated[int, Meta(ge=0)] = 0
     """Save a checkpoint every N steps (0: only at the end)."""
     reduce_bucket_size: Annotated[int, Meta(ge=1)] = 5_000_000
+    total_steps: Annotated[int, Meta(ge=0)] = 0
+    """Optimizer steps the cosine decay spans (RL: batches x num_minibatches); 0: constant after warmup."""
+    min_lr_ratio: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    """Cosine floor as a fraction of `lr`."""
+    use_is_weights: bool = True
+    """Weight each sequence by the truncated IS weight min(exp(mean(old - behaviour)), is_cap)."""
 
 
 class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):

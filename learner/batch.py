@@ -1,0 +1,102 @@
+"""What the learner trains on: scored groups for RL, prepared examples for SFT, and how a batch is
+split over data-parallel ranks and minibatches.
+
+Tensors are held as ``torch.Tensor`` values inside the Structs (typed ``Any``): on the control path
+Ray pickles them between processes of one job; the ZeroMQ trajectory channel carries the same fields
+with tensors as raw frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ScoredGroup(msgspec.Struct, kw_only=True):
+    """One prompt's completions after scoring.
+
+    ``model_inputs``: the prompt's tensors (batch of 1, per-frame images) exactly as the rollout
+    worker fed them to its engine. ``completion_ids[i]`` and ``behaviour_logprobs[i]`` have equal
+    length (log-probs under the rollout engine, convention of :mod:`stgrl.learner.logprobs`).
+    ``policy_version``: the weight version that generated the group.
+    """
+
+    model_inputs: dict[str, Any]
+    completion_ids: list[list[int]]
+    behaviour_logprobs: list[list[float]]
+    rewards: list[float]
+    policy_version: int = 0
+    group_id: str = ""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on inconsistent lengths — at the learner's door, not deep in a forward."""
+        g = len(self.completion_ids)
+        if g == 0:
+            raise ValueError(f"group {self.group_id!r} has no completions")
+        if len(self.behaviour_logprobs) != g or len(self.rewards) != g:
+            raise ValueError(
+                f"group {self.group_id!r}: {g} completions but {len(self.behaviour_logprobs)} log-prob lists "
+                f"and {len(self.rewards)} rewards")
+        for i, (ids, lp) in enumerate(zip(self.completion_ids, self.behaviour_logprobs)):
+            if len(ids) != len(lp):
+                raise ValueError(f"group {self.group_id!r} completion {i}: {len(ids)} tokens, {len(lp)} log-probs")
+        if "input_ids" not in self.model_inputs:
+            raise ValueError(f"group {self.group_id!r}: model_inputs lacks input_ids")
+
+
+class RLBatch(msgspec.Struct, kw_only=True):
+    """One rollout batch: the unit of "compute old log-probs once, then num_minibatches steps"."""
+
+    groups: list[ScoredGroup]
+    step: int = 0
+    """Training step (rollout batch index) the batch belongs to."""
+
+
+class SFTBatch(msgspec.Struct, kw_only=True):
+    """Prepared SFT examples: each a dict with ``input_ids``/``attention_mask`` ``[1, L]``, pixel
+    tensors and ``labels`` ``[1, L]`` (-100 everywhere but the target tokens)."""
+
+    examples: list[dict[str, Any]]
+
+
+def even_split(items: Sequence[T], parts: int) -> list[list[T]]:
+    """Split into ``parts`` contiguous chunks whose sizes differ by at most one (larger first)."""
+    if parts < 1:
+        raise ValueError("parts must be >= 1")
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(list(items[start:start + size]))
+        start += size
+    return out
+
+
+def shard_for_ranks(items: Sequence[T], world_size: int) -> list[list[T]]:
+    """Give every rank the same number of items (contiguous blocks); a remainder is dropped and logged.
+
+    Equal counts keep the per-rank loss normalisers equal, so DeepSpeed's gradient averaging equals
+    the mean over the whole batch, and every rank runs the same number of collectives.
+    """
+    per_rank = len(items) // world_size
+    if per_rank == 0:
+        raise ValueError(f"{len(items)} items cannot feed {world_size} ranks")
+    dropped = len(items) - per_rank * world_size
+    if dropped:
+        logger.warning("dropping %d of %d items so %d ranks get equal shards", dropped, len(items), world_size)
+    return [list(items[r * per_rank:(r + 1) * per_rank]) for r in range(world_size)]
+
+
+def minibatches(items: Sequence[T], num_minibatches: int) -> list[list[T]]:
+    """Split a rank's shard into ``min(num_minibatches, len(items))`` non-empty minibatches.
+
+    Ranks with equal shard sizes get identical minibatch counts and sizes.
+    """
+    return even_split(items, max(1, min(num_minibatches, len(items))))

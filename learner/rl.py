@@ -1,0 +1,119 @@
+"""One GSPO update on a rank's shard of a rollout batch (DESIGN 4).
+
+Order of work, the fix of the reference code's defect: ``log pi_old`` is computed ONCE for the whole
+shard with the weights the batch starts from (no grad), then ``num_minibatches`` optimizer steps
+follow — so from the second minibatch on the ratios differ from 1 and clipping can act.
+
+The model is run in eval mode (dropout off) for both the old and the current log-probs, so a ratio
+measures only how the weights moved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from stgrl.learner.batch import ScoredGroup, minibatches
+from stgrl.learner.engine import LearnerEngine
+from stgrl.learner.gspo import get_loss, group_advantages, truncated_is_weights
+from stgrl.learner.logprobs import batched_completion_logprobs
+
+logger = logging.getLogger(__name__)
+
+
+def pad_rows(rows: Sequence[Sequence[float]], width: int) -> Tensor:
+    """Right-pad float lists with 0 into ``[len(rows), width]`` float32."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.float32)
+    return out
+
+
+def _pairs(groups: Sequence[ScoredGroup]):
+    return [(g.model_inputs, g.completion_ids) for g in groups]
+
+
+def _advantages(groups: Sequence[ScoredGroup]) -> tuple[Tensor, int]:
+    """Per-sequence advantages (groups may differ in size) and the number of zero-std groups."""
+    advs, zero = [], 0
+    for g in groups:
+        adv, zs = group_advantages(torch.as_tensor([g.rewards], dtype=torch.float32))
+        advs.append(adv[0])
+        zero += int(zs.sum())
+    return torch.cat(advs), zero
+
+
+def rl_update(engine: LearnerEngine, groups: Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
+    """Old log-probs once, then one optimizer step per minibatch; returns this rank's metrics.
+
+    Metrics: means over minibatches of the loss metrics (``clip_fraction``, ``ratio_*``,
+    ``is_weight_*``, ``kl``), ``ratio_abs_dev_first``/``_last`` (first minibatch is exactly on-policy
+    w.r.t. the learner), ``behaviour_gap`` (mean |old - behaviour| per token: engine/learner parity),
+    ``zero_std_groups``, ``num_sequences``, ``tokens``, ``reward_mean``, timings ``time_*_s``.
+    """
+    cfg = engine.cfg
+    for g in groups:
+        g.validate()
+    loss_fn = get_loss(cfg.loss)
+    model = engine.module
+    model.eval()
+    device = next(model.parameters()).device
+    mbs = minibatches(list(groups), cfg.num_minibatches)
+
+    t0 = time.perf_counter()
+    old: list[tuple[Tensor, Tensor]] = []
+    refs: list[Tensor | None] = []
+    with torch.no_grad():
+        for mb in mbs:
+            old.append(batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature))
+            if engine.ref_model is not None:
+                refs.append(batched_completion_logprobs(engine.ref_model, _pairs(mb), engine.pad_id, temperature)[0])
+            else:
+                refs.append(None)
+    t_old = time.perf_counter() - t0
+
+    per_mb: list[dict[str, float]] = []
+    time_fwd = 0.0
+    gap_sum, gap_tokens = 0.0, 0
+    tokens = 0
+    for mb, (old_lp, mask), ref_lp in zip(mbs, old, refs):
+        adv, _ = _advantages(mb)
+        behav = pad_rows([lp for g in mb for lp in g.behaviour_logprobs], mask.shape[1]).to(device)
+        gap_sum += float(((old_lp - behav).abs() * mask).sum())
+        gap_tokens += int(mask.sum())
+        is_w = truncated_is_weights(old_lp, behav, mask, cfg.is_cap) if cfg.use_is_weights else None
+        tf = time.perf_counter()
+        logp, _ = batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature)
+        loss, metrics = loss_fn(logp, old_lp, adv.to(device), mask, cfg.eps_low, cfg.eps_high,
+                                is_weights=is_w, ref_logp=ref_lp, kl_beta=cfg.kl_beta)
+        time_fwd += time.perf_counter() - tf
+        metrics |= engine.backward_step(loss)
+        metrics["loss"] = float(loss.detach())
+        per_mb.append(metrics)
+        tokens += sum(int(g.model_inputs["input_ids"].shape[1]) * len(g.completion_ids)
+                      + sum(len(c) for c in g.completion_ids) for g in mb)
+
+    out: dict[str, float] = {}
+    for key in per_mb[0]:
+        vals = [m[key] for m in per_mb if key in m]
+        out[key] = sum(vals) if key.startswith("time_") else sum(vals) / len(vals)
+    _, zero_std = _advantages(groups)
+    out |= {
+        "ratio_abs_dev_first": per_mb[0]["ratio_abs_dev"],
+        "ratio_abs_dev_last": per_mb[-1]["ratio_abs_dev"],
+        "clip_fraction_last": per_mb[-1]["clip_fraction"],
+        "behaviour_gap": gap_sum / max(1, gap_tokens),
+        "zero_std_groups": float(zero_std),
+        "num_groups": float(len(groups)),
+        "num_sequences": float(sum(len(g.completion_ids) for g in groups)),
+        "num_minibatches": float(len(mbs)),
+        "tokens": float(tokens),
+        "reward_mean": sum(sum(g.rewards) for g in groups) / max(1, sum(len(g.rewards) for g in groups)),
+        "time_old_logprobs_s": t_old,
+        "time_forward_s": time_fwd,
+    }
+    return out
