@@ -18,6 +18,9 @@ from rich.logging import RichHandler
 COMMANDS: tuple[str, ...] = (
     "init_model",
     "config",
+    "sft",
+    "rl",
+    "run",
     "eval",
 )
 

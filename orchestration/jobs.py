@@ -1,0 +1,107 @@
+"""`stgrl run`: SFT and RL as two Ray jobs, chained.
+
+SFT is submitted with the Ray Jobs API, watched until it reaches a terminal state, and only when it
+SUCCEEDED is RL submitted from its checkpoint; a failed SFT stops the chain and its log tail is shown.
+With `RAY_ADDRESS` (or `--address`) the jobs go to that cluster; otherwise a local head is started on
+loopback (dashboard on 127.0.0.1) and stopped at the end. Every wait has a timeout that names the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobChainError(RuntimeError):
+    """A chained stage did not succeed; the message names the job, its status and its log tail."""
+
+
+class LocalHead:
+    """A `ray start --head` on loopback with the pool resources, stopped on exit."""
+
+    def __init__(self, resources: dict[str, float], dashboard_port: int = 8265) -> None:
+        self.resources = resources
+        self.dashboard_port = dashboard_port
+        self.temp_dir = tempfile.mkdtemp(prefix="stgrl-ray-")
+        self.address = f"http://127.0.0.1:{dashboard_port}"
+
+    def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        exe = Path(sys.executable).with_name("ray")
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check)
+
+    def __enter__(self) -> LocalHead:
+        log.info("starting a local Ray head (dashboard %s)", self.address)
+        self._ray("start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                  "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(max(8, os.cpu_count() or 2)),
+                  "--resources", json.dumps(self.resources), "--temp-dir", self.temp_dir,
+                  "--disable-usage-stats")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ray("stop", "--force", check=False)
+
+
+def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str], timeout_s: float,
+                    poll_s: float = 2.0) -> str:
+    """Submit one job, stream its new log lines, and return its terminal status (or raise on timeout)."""
+    job_id = client.submit_job(
+        entrypoint=shlex.join(entrypoint),
+        submission_id=f"{name}-{int(time.time())}",
+        runtime_env={"env_vars": env},
+    )
+    log.info("submitted Ray job %s: %s", job_id, shlex.join(entrypoint))
+    deadline = time.monotonic() + timeout_s
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        logs = client.get_job_logs(job_id)
+        for line in logs[shown:].splitlines():
+            log.info("[%s] %s", name, line)
+        shown = len(logs)
+        if status in TERMINAL:
+            return status
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise JobChainError(f"job {name} ({job_id}) did not finish within {timeout_s:.0f}s (last status {status})")
+        time.sleep(poll_s)
+
+
+def run_chain(config_path: str | None, overrides: list[str], run_dir: Path, address: str | None,
+              resources: dict[str, float], timeout_s: float) -> None:
+    """SFT job -> (on SUCCEEDED) RL job from the SFT checkpoint."""
+    from ray.job_submission import JobSubmissionClient
+
+    base = [sys.executable, "-m", "stgrl"]
+    cfg_args = (["--config", str(Path(config_path).resolve())] if config_path else []) + list(overrides)
+    env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "TORCH_EXTENSIONS_DIR", "MPLCONFIGDIR",
+                                                         "WANDB_MODE", "DS_ACCELERATOR", "OMP_NUM_THREADS")}
+    env["HF_HUB_OFFLINE"] = "1"
+    sft_cmd = [*base, "sft", *cfg_args, "--run-dir", str(run_dir.resolve())]
+    rl_cmd = [*base, "rl", *cfg_args, "--run-dir", str(run_dir.resolve()),
+              "--init-from", str((run_dir / "sft" / "hf").resolve())]
+
+    def chain(addr: str) -> None:
+        client = JobSubmissionClient(addr)
+        status = submit_and_wait(client, sft_cmd, "stgrl-sft", env, timeout_s)
+        if status != "SUCCEEDED":
+            raise JobChainError(f"SFT job ended {status}; RL not started (see the log lines above)")
+        status = submit_and_wait(client, rl_cmd, "stgrl-rl", env, timeout_s)
+        if status != "SUCCEEDED":
+            raise JobChainError(f"RL job ended {status} (see the log lines above)")
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        chain(address or os.environ["RAY_ADDRESS"])
+    else:
+        with LocalHead(resources) as head:
+            chain(head.address)

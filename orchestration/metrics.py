@@ -1,0 +1,118 @@
+"""Where metrics go: ``metrics.jsonl`` in the run directory (always), wandb (offline by default) and
+Prometheus through ``ray.util.metrics`` (when running inside a Ray cluster).
+
+The orchestrator calls :meth:`MetricsSink.log` once per step with a flat ``{name: value}`` dict whose
+keys are DESIGN 11 names (``rollout/tokens_per_s`` ...). Values that are not finite numbers are
+dropped from Prometheus and wandb but kept as ``null`` in the JSONL, so a NaN is visible, not lost.
+Secrets never reach the run directory: the wandb key is read by wandb from its own environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from stgrl.orchestration.metric_names import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+# DESIGN 11 metrics that carry a tag instead of being separate names.
+TAGGED = {"pipeline/idle_ratio": ("pool",)}
+HISTOGRAMS = {"reward/latency_s": [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 2.0]}
+
+
+def ray_metric_name(name: str) -> str:
+    """Prometheus-safe name registered with Ray (Ray adds the ``ray_`` prefix on export)."""
+    return name.replace("/", "_")
+
+
+class PrometheusExporter:
+    """Registers every DESIGN 11 metric with ``ray.util.metrics`` and sets gauges from a step dict."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self._gauges: dict[str, Any] = {}
+        self._hists: dict[str, Any] = {}
+        for name in METRIC_NAMES:
+            desc = f"stgrl {name}"
+            if name in HISTOGRAMS:
+                self._hists[name] = metrics.Histogram(ray_metric_name(name), description=desc,
+                                                      boundaries=HISTOGRAMS[name])
+            else:
+                self._gauges[name] = metrics.Gauge(ray_metric_name(name), description=desc,
+                                                   tag_keys=TAGGED.get(name, ()))
+
+    def export(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            if value is None or not math.isfinite(value):
+                continue
+            if key.startswith("pipeline/idle_ratio/"):
+                self._gauges["pipeline/idle_ratio"].set(value, tags={"pool": key.rsplit("/", 1)[1]})
+            elif key in self._hists:
+                self._hists[key].observe(value)
+            elif key in self._gauges and key not in TAGGED:
+                self._gauges[key].set(value)
+
+
+class MetricsSink:
+    """Fan-out of per-step metrics to JSONL, wandb and Prometheus."""
+
+    def __init__(self, run_dir: Path, *, wandb_enabled: bool, wandb_mode: str, wandb_project: str,
+                 wandb_run_name: str | None, prometheus: bool, config_dict: dict | None = None,
+                 stage: str = "rl") -> None:
+        self.path = Path(run_dir) / f"metrics_{stage}.jsonl" if stage != "rl" else Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a")
+        self._wandb = None
+        self._prom = None
+        if wandb_enabled and wandb_mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=wandb_project, name=wandb_run_name or f"{Path(run_dir).name}-{stage}",
+                    dir=str(run_dir), mode=wandb_mode, config=config_dict or {}, reinit="finish_previous",
+                )
+            except Exception as e:  # wandb must never take a training run down
+                log.warning("wandb disabled: %s", e)
+        if prometheus:
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    self._prom = PrometheusExporter()
+            except Exception as e:
+                log.warning("Prometheus metrics disabled: %s", e)
+
+    def log(self, step: int, values: dict[str, float], **extra: Any) -> None:
+        clean = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in values.items()}
+        row = {"step": step, "time": time.time(), **extra, **clean}
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+        finite = {k: v for k, v in clean.items() if v is not None}
+        if self._wandb is not None:
+            self._wandb.log(finite, step=step)
+        if self._prom is not None:
+            self._prom.export(finite)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Load a metrics JSONL file (skipping a torn last line of a killed run)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

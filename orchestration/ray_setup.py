@@ -1,0 +1,74 @@
+"""Connecting a stage to Ray: an existing cluster when there is one, else a local one.
+
+`RAY_ADDRESS` (set by `ray job submit` and by KubeRay for RayJobs) is respected. Without it a local
+cluster is started on loopback, with the pool resources (`rollout`, `reward`, `learner`) sized from
+the config so actors are placed exactly as on a real cluster, and the dashboard/metrics bound to
+127.0.0.1. Every actor process gets one torch thread (two shared cores: more threads are slower).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stgrl.orchestration.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def actor_env(cfg: Config) -> dict[str, str]:
+    """Environment every actor starts with (DeepSpeed reads DS_ACCELERATOR at import)."""
+    env = {
+        "OMP_NUM_THREADS": str(cfg.run.torch_threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": cfg.metrics.wandb_mode,
+    }
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"
+    except ImportError:
+        env["DS_ACCELERATOR"] = "cpu"
+    for key in ("TORCH_EXTENSIONS_DIR", "MPLCONFIGDIR", "PYTHONPATH"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def local_resources(cfg: Config) -> dict[str, float]:
+    """Custom pool resources of a local cluster: enough for the configured pools (+1 spare each, so a
+    restarted actor can be placed before Ray reclaims the dead one's share)."""
+    return {
+        "rollout": float(cfg.rollout.num_workers + 1),
+        "reward": float(cfg.reward.num_shards + 1),
+        "learner": float(max(cfg.learner.num_ranks, cfg.sft.num_ranks) + 1),
+    }
+
+
+def init_ray(cfg: Config) -> bool:
+    """Connect to `RAY_ADDRESS` or start a local cluster. Returns True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": actor_env(cfg)}
+    if os.environ.get("RAY_ADDRESS"):
+        log.info("connecting to Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        return False
+    log.info("starting a local Ray cluster (no RAY_ADDRESS)")
+    ray.init(
+        num_cpus=max(8, os.cpu_count() or 2),
+        resources=local_resources(cfg),
+        _node_ip_address="127.0.0.1",
+        dashboard_host="127.0.0.1",
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    return True

@@ -1,0 +1,113 @@
+"""End-of-run report: ``report.md`` plus PNG plots made from ``metrics.jsonl`` and the eval results.
+
+Plots: reward total and each component over steps, the proximity σ curriculum, throughput, idle
+ratios, weight-version lag, and the engine-vs-learner log-prob gap (the check that rollout and
+learner see the same pixels and weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from stgrl.orchestration.metric_names import REWARD_COMPONENTS
+from stgrl.orchestration.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+PLOTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("reward.png", "Reward over steps (train batches)", ("train/reward_mean",)
+     + tuple(f"reward/{c}" for c in REWARD_COMPONENTS)),
+    ("sigma.png", "Adaptive proximity curriculum σ", ("reward/sigma",)),
+    ("throughput.png", "Throughput", ("rollout/tokens_per_s", "learner/tokens_per_s")),
+    ("idle.png", "Idle ratio per pool", ("pipeline/idle_ratio/rollout", "pipeline/idle_ratio/learner")),
+    ("version_lag.png", "Weight version lag (steps)", ("weights/version_lag",)),
+    ("logprob_gap.png", "Engine vs learner log-prob gap (mean |Δ|)", ("learner/logprob_gap",)),
+    ("learner.png", "Learner: clip fraction and IS weight", ("learner/clip_fraction", "learner/is_weight")),
+)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def make_plots(rows: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per entry of PLOTS that has data; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, title, keys in PLOTS:
+        series = {k: _series(rows, k) for k in keys}
+        series = {k: v for k, v in series.items() if v[0]}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
+        for k, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def eval_table(evals: dict[str, dict]) -> str:
+    """Markdown table of held-out results per phase (before SFT, after SFT, after RL)."""
+    if not evals:
+        return "_no evaluation results_\n"
+    keys: list[str] = []
+    for res in evals.values():
+        for k in res:
+            if k not in keys and isinstance(res[k], (int, float)):
+                keys.append(k)
+    lines = ["| metric | " + " | ".join(evals) + " |", "|---|" + "---|" * len(evals)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(evals[p].get(k, "")) for p in evals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path, evals: dict[str, dict] | None = None, extra_sections: dict[str, str] | None = None) -> Path:
+    """Write ``report.md`` (+ plots in ``plots/``) for a run directory; returns the report path."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    plots = make_plots(rows, run_dir / "plots")
+    evals = evals or {}
+    (run_dir / "eval_summary.json").write_text(json.dumps(evals, indent=2))
+    parts = [f"# stgrl run report: {run_dir.name}\n"]
+    if rows:
+        last = rows[-1]
+        parts.append(f"RL steps: {len(rows)}; final train reward mean: {_fmt(last.get('train/reward_mean'))}\n")
+    parts.append("## Held-out evaluation\n")
+    parts.append("Rewards are scored at the *final* curriculum σ for every phase, so the curriculum cannot fake a rise.\n")
+    parts.append(eval_table(evals))
+    for title, body in (extra_sections or {}).items():
+        parts.append(f"## {title}\n\n{body}\n")
+    if plots:
+        parts.append("## Plots\n")
+        for p in plots:
+            parts.append(f"![{p.stem}](plots/{p.name})\n")
+    report = run_dir / "report.md"
+    report.write_text("\n".join(parts))
+    log.info("report written to %s", report)
+    return report

@@ -1,0 +1,388 @@
+"""The RL driver: rollout pool -> reward service -> learner ranks -> new weight version, per step.
+
+Pools are sized by config and placed by custom resources (`rollout`, `reward`, `learner`), so each
+scales on its own. Schedule:
+
+- **sync** (`run.mode: sync`): step s is generated with policy version s, then scored and trained.
+- **async**: generation runs `max_staleness` steps ahead of training — while the learner trains step
+  s, workers generate step s+1..s+k with the newest weights they have. A worker never generates step
+  s with a version older than s - max_staleness (it waits for newer weights); the lag of every group
+  is logged (`weights/version_lag`) and off-policy groups are corrected by truncated IS weights in the
+  learner.
+
+Nothing is lost: each step's prompts are assigned to workers; a worker that dies has the prompts it
+had not delivered re-queued to a live worker (Ray restarts the dead one); trajectories are
+de-duplicated by group id; the ledger proves each step trained every prompt exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from stgrl.orchestration.config import Config
+from stgrl.orchestration.ledger import Ledger, StepEntry
+from stgrl.orchestration.prompt_source import prompts_for_step
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The RL pipeline cannot continue; the message names the pool and what it waited for."""
+
+
+def proximity_sigma(step: int, total_steps: int, sigma0: float, sigma_min: float) -> float:
+    """σ(p) = max(σ_min, σ_0 (1 - p)), p = (step + 1) / total_steps (DESIGN 3), for the report."""
+    p = (step + 1) / max(1, total_steps)
+    return max(sigma_min, sigma0 * (1.0 - p))
+
+
+def prompt_id(record: Any) -> str:
+    return str(record.id)
+
+
+def group_id(step: int, pid: str) -> str:
+    """Deterministic per (step, prompt): a regenerated group de-duplicates against the original."""
+    return f"{step}/{pid}"
+
+
+def scoring_samples(group: Any) -> list[Any]:
+    """One ScoringSample per completion of a trajectory group (ground truth + completion text)."""
+    from stgrl.reward_service.types import KeyFrame, ScoringSample
+
+    gt = group.sample
+    return [
+        ScoringSample(
+            id=f"{group.group_id}#{i}", task=gt.task, completion=c.text, frame_size=list(group.frame_size),
+            answer=gt.answer, options=gt.options, key_frames=[KeyFrame(k.idx, k.time) for k in gt.key_frames],
+            key_items=gt.key_items, span=gt.span,
+        )
+        for i, c in enumerate(group.completions)
+    ]
+
+
+class RLDriver:
+    """Owns the pools and runs the loop. Construct, then `run()`; `close()` releases everything."""
+
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str, train_records: list[Any],
+                 dataset_dir: Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.model_path = model_path
+        self.records = train_records
+        self.dataset_dir = Path(dataset_dir)
+        self.resume = resume
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.version = 0
+        self.start_step = 0
+        self.workers: list[Any] = []
+        self.learners: list[Any] = []
+        self.reward_handles: list[Any] = []
+        self.reward_client: Any = None
+        self.receiver: Any = None
+        self.publisher: Any = None
+        self._buffer: dict[int, dict[str, tuple[Any, dict]]] = defaultdict(dict)
+        self._dupes: dict[int, int] = defaultdict(int)
+        self._requeued: dict[int, list[str]] = defaultdict(list)
+        self._assigned: dict[int, list[Any]] = {}
+        self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
+        self._worker_busy_s: float = 0.0
+
+    # ---------------------------------------------------------------- set-up
+    def start(self) -> None:
+        from stgrl.actors.security import CurveKeys, generate_keypair, needs_curve
+        from stgrl.actors.trajectory_channel import TrajectoryReceiver
+        from stgrl.actors.weight_channel import WeightPublisher
+        from stgrl.learner.actor import start_learner_group
+        from stgrl.reward_service.service import start_reward_service
+
+        cfg = self.cfg
+        tcfg = cfg.transport
+        self.curve = needs_curve(tcfg.bind_host, tcfg.curve)
+        self.keys = CurveKeys(*generate_keypair()) if self.curve else None
+        log.info("starting %d reward shard(s), %d learner rank(s), %d rollout worker(s)",
+                 cfg.reward.num_shards, cfg.learner.num_ranks, cfg.rollout.num_workers)
+        self.reward_handles, self.reward_client = start_reward_service(cfg.reward.num_shards, cfg.reward)
+        self.learners = start_learner_group(cfg.learner.num_ranks, self.model_path, cfg.learner, cfg.run.seed)
+        if self.resume and (self.ckpt_dir / "latest").exists():
+            import ray
+
+            states = ray.get([r.load_checkpoint.remote(str(self.ckpt_dir)) for r in self.learners])
+            state = states[0]
+            self.start_step = int(state["step"]) + 1
+            self.version = int(state["policy_version"])
+            log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version)
+        self.publisher = WeightPublisher(tcfg.bind_host, tcfg, keys=self.keys)
+        self._publish_weights()
+        self.receiver = TrajectoryReceiver(tcfg.bind_host, tcfg, keys=self.keys)
+        self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
+
+    def _start_worker(self, index: int) -> Any:
+        from stgrl.actors.rollout_worker import RolloutWorker
+
+        cfg = self.cfg
+        opts: dict[str, Any] = {"resources": {"rollout": 1}, "max_restarts": 3, "max_task_retries": 0}
+        if cfg.rollout.num_gpus_per_worker:
+            opts["num_gpus"] = cfg.rollout.num_gpus_per_worker
+        return RolloutWorker.options(**opts).remote(
+            worker_index=index,
+            model_path=self.model_path,
+            rollout_cfg=msgspec.to_builtins(cfg.rollout),
+            data_cfg=msgspec.to_builtins(cfg.data),
+            transport_cfg=msgspec.to_builtins(cfg.transport),
+            dataset_dir=str(self.dataset_dir),
+            weights_address=self.publisher.address,
+            trajectories_address=self.receiver.address,
+            server_public_key=self.keys.public if self.keys else None,
+            seed=cfg.run.seed,
+        )
+
+    def _publish_weights(self) -> float:
+        import ray
+
+        t0 = time.perf_counter()
+        state = ray.get(self.learners[0].full_state_dict.remote())
+        self.publisher.publish(self.version, state)
+        return time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- generation
+    def _dispatch(self, step: int) -> None:
+        """Assign step's prompts to workers round-robin in contiguous chunks; remember who has what."""
+        from stgrl.learner.batch import even_split
+
+        records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
+        self._assigned[step] = records
+        min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
+        chunks = even_split(records, len(self.workers))
+        self._inflight[step] = []
+        for w, chunk in enumerate(chunks):
+            if chunk:
+                self._submit(step, w, chunk, min_version)
+
+    def _submit(self, step: int, w: int, chunk: list[Any], min_version: int) -> None:
+        payload = [msgspec.to_builtins(r) for r in chunk]
+        ref = self.workers[w].generate.remote(payload, step, min_version)
+        self._inflight[step].append((ref, w, chunk))
+
+    def _drain(self, timeout_s: float) -> None:
+        """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            item = self.receiver.recv(timeout=max(0.0, min(left, 0.05)))
+            if item is None:
+                if time.monotonic() >= deadline:
+                    return
+                continue
+            group, tensors = item
+            bucket = self._buffer[group.step]
+            if group.group_id in bucket:
+                self._dupes[group.step] += 1
+                continue
+            bucket[group.group_id] = (group, tensors)
+
+    def _collect(self, step: int) -> list[tuple[Any, dict]]:
+        """Wait until every prompt of `step` delivered a group; re-queue the work of dead workers."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        expected = {group_id(step, prompt_id(r)) for r in self._assigned[step]}
+        deadline = time.monotonic() + self.cfg.transport.timeout_s * 10
+        min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
+        while True:
+            self._drain(0.05)
+            have = expected & set(self._buffer[step])
+            if have == expected:
+                break
+            pending = []
+            for ref, w, chunk in self._inflight[step]:
+                ready, _ = ray.wait([ref], timeout=0)
+                if not ready:
+                    pending.append((ref, w, chunk))
+                    continue
+                try:
+                    ray.get(ref)
+                except RayActorError as e:
+                    missing = [r for r in chunk if group_id(step, prompt_id(r)) not in self._buffer[step]]
+                    log.warning("rollout worker %d died during step %d (%s); re-queueing %d prompt(s)",
+                                w, step, type(e).__name__, len(missing))
+                    self._requeued[step] += [prompt_id(r) for r in missing]
+                    if missing:
+                        target = self._live_worker(exclude=w)
+                        pending.append(self._resubmit(step, target, missing, min_version))
+                    continue
+            self._inflight[step] = pending
+            if not pending:
+                # every call returned; give the last frames a moment to land, then it is a loss
+                self._drain(1.0)
+                have = expected & set(self._buffer[step])
+                if have != expected:
+                    missing_ids = sorted(expected - have)
+                    raise PipelineError(f"step {step}: workers returned but groups {missing_ids[:5]} never "
+                                        f"arrived on the trajectory channel {self.receiver.address}")
+                break
+            if time.monotonic() > deadline:
+                raise PipelineError(f"step {step}: waited {self.cfg.transport.timeout_s * 10:.0f}s for "
+                                    f"{len(expected - have)} group(s) from the rollout pool")
+        return [self._buffer[step][g] for g in sorted(expected)]
+
+    def _live_worker(self, exclude: int) -> int:
+        order = list(range(len(self.workers)))
+        order = order[exclude + 1:] + order[: exclude + 1]
+        return order[0]
+
+    def _resubmit(self, step: int, w: int, chunk: list[Any], min_version: int):
+        payload = [msgspec.to_builtins(r) for r in chunk]
+        ref = self.workers[w].generate.remote(payload, step, min_version)
+        return (ref, w, chunk)
+
+    # ---------------------------------------------------------------- scoring + training
+    def _score(self, groups: list[tuple[Any, dict]], step: int) -> tuple[list[list[float]], dict[str, float], float]:
+        samples, owners = [], []
+        for gi, (g, _) in enumerate(groups):
+            for s in scoring_samples(g):
+                samples.append(s)
+                owners.append(gi)
+        t0 = time.perf_counter()
+        scores = self.reward_client.score(samples, step, self.cfg.run.total_steps)
+        latency = time.perf_counter() - t0
+        rewards: list[list[float]] = [[] for _ in groups]
+        comp_sum: dict[str, float] = defaultdict(float)
+        comp_n: dict[str, int] = defaultdict(int)
+        for s, gi in zip(scores, owners):
+            rewards[gi].append(float(s.total))
+            for k, v in s.components.items():
+                comp_sum[k] += v
+                comp_n[k] += 1
+        comps = {f"reward/{k}": comp_sum[k] / comp_n[k] for k in comp_sum}
+        return rewards, comps, latency
+
+    def _train(self, groups: list[tuple[Any, dict]], rewards: list[list[float]], step: int) -> dict[str, float]:
+        import ray
+
+        from stgrl.learner.batch import RLBatch, ScoredGroup, even_split
+
+        scored = [
+            ScoredGroup(model_inputs=tensors, completion_ids=[c.token_ids for c in g.completions],
+                        behaviour_logprobs=[c.behaviour_logprobs for c in g.completions],
+                        rewards=r, policy_version=g.policy_version, group_id=g.group_id)
+            for (g, tensors), r in zip(groups, rewards)
+        ]
+        shards = even_split(scored, len(self.learners))
+        results = ray.get([rank.train_rl_batch.remote(RLBatch(groups=shard, step=step))
+                           for rank, shard in zip(self.learners, shards)])
+        out: dict[str, float] = {}
+        for key in results[0]:
+            vals = [r[key] for r in results if key in r and r[key] is not None]
+            if vals:
+                out[key] = sum(vals) if key in ("tokens", "num_groups", "num_sequences", "zero_std_groups") \
+                    else sum(vals) / len(vals)
+        return out
+
+    def _checkpoint(self, step: int) -> None:
+        import ray
+
+        state = {"step": step, "policy_version": self.version, "data_cursor": step + 1,
+                 "curriculum_progress": (step + 1) / self.cfg.run.total_steps, "seed": self.cfg.run.seed}
+        ray.get([r.save_checkpoint.remote(str(self.ckpt_dir), state) for r in self.learners])
+        log.info("checkpoint saved at step %d", step)
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, sink: Any, progress: Any = None) -> dict[str, float]:
+        """Train from `start_step` to `total_steps`; returns the last step's metrics."""
+        import ray
+
+        cfg = self.cfg
+        total = cfg.run.total_steps
+        lookahead = cfg.run.max_staleness if cfg.run.mode == "async" else 0
+        next_dispatch = self.start_step
+        last: dict[str, float] = {}
+        for step in range(self.start_step, total):
+            t_step = time.perf_counter()
+            while next_dispatch <= min(step + lookahead, total - 1):
+                self._dispatch(next_dispatch)
+                next_dispatch += 1
+            t_wait = time.perf_counter()
+            groups = self._collect(step)
+            wait_s = time.perf_counter() - t_wait
+            rewards, comps, reward_latency = self._score(groups, step)
+            t_train = time.perf_counter()
+            train = self._train(groups, rewards, step)
+            train_s = time.perf_counter() - t_train
+            self.version += 1
+            sync_s = self._publish_weights()
+            if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0 and step + 1 < total:
+                self._checkpoint(step)
+            step_s = time.perf_counter() - t_step
+            entry = StepEntry(step=step, assigned=[prompt_id(r) for r in self._assigned.pop(step)],
+                              trained=[g.prompt_id for g, _ in groups],
+                              policy_versions=[g.policy_version for g, _ in groups],
+                              requeued=self._requeued.pop(step, []), duplicates_dropped=self._dupes.pop(step, 0))
+            self.ledger.record(entry)
+            self._buffer.pop(step, None)
+            self._inflight.pop(step, None)
+            n_tokens = sum(len(c.token_ids) for g, _ in groups for c in g.completions)
+            gen_s = max((g.timings.get("generate_s", 0.0) for g, _ in groups), default=0.0)
+            gen_total = sum(g.timings.get("generate_s", 0.0) for g, _ in groups)
+            n_samples = sum(len(g.completions) for g, _ in groups)
+            all_rewards = [x for r in rewards for x in r]
+            lag = [step - g.policy_version for g, _ in groups]
+            metrics = {
+                "train/reward_mean": sum(all_rewards) / max(1, len(all_rewards)),
+                "train/zero_std_groups": train.get("zero_std_groups", 0.0),
+                "rollout/tokens_per_s": n_tokens / max(1e-9, gen_total / max(1, len(self.workers))),
+                "rollout/samples_per_s": n_samples / max(1e-9, gen_total / max(1, len(self.workers))),
+                "rollout/queue_depth": float(sum(len(b) for s, b in self._buffer.items() if s > step)),
+                "reward/requests_per_s": len(all_rewards) / max(1e-9, reward_latency),
+                "reward/latency_s": reward_latency,
+                "reward/sigma": proximity_sigma(step, total, cfg.reward.sigma0, cfg.reward.sigma_min),
+                **comps,
+                "learner/step_time_s": train_s,
+                "learner/tokens_per_s": train.get("tokens", 0.0) / max(1e-9, train_s),
+                "learner/clip_fraction": train.get("clip_fraction", 0.0),
+                "learner/is_weight": train.get("is_weight_mean", 1.0),
+                "learner/loss": train.get("loss", math.nan),
+                "learner/logprob_gap": train.get("behaviour_gap", math.nan),
+                "learner/ratio_abs_dev_last": train.get("ratio_abs_dev_last", math.nan),
+                "weights/sync_time_s": sync_s,
+                "weights/version_lag": sum(lag) / max(1, len(lag)),
+                "weights/version_lag_max": float(max(lag, default=0)),
+                "pipeline/idle_ratio/learner": max(0.0, 1.0 - train_s / max(1e-9, step_s)),
+                "pipeline/idle_ratio/rollout": max(0.0, 1.0 - min(1.0, gen_total / max(1e-9, step_s * len(self.workers)))),
+                "pipeline/step_time_s": step_s,
+                "pipeline/wait_rollout_s": wait_s,
+                "pipeline/generate_max_s": gen_s,
+            }
+            sink.log(step, metrics, policy_version=self.version)
+            last = metrics
+            if progress is not None:
+                progress(step, metrics)
+        self._checkpoint(total - 1)
+        ray.get([r.export_hf.remote(str(self.run_dir / "rl" / "hf")) for r in self.learners[:1]])
+        return last
+
+    def close(self) -> None:
+        import ray
+
+        if self.reward_client is not None:
+            self.reward_client.close()
+        for h in [*self.workers, *self.reward_handles, *self.learners]:
+            try:
+                ray.kill(h)
+            except Exception:
+                pass
+        for ch in (self.receiver, self.publisher):
+            if ch is not None:
+                ch.close()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
