@@ -13,9 +13,13 @@ No cluster, no network: jsonschema + PyYAML; ``kubectl kustomize`` only as an op
 
 from __future__ import annotations
 
+import argparse
 import copy
+import importlib
+import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -551,9 +555,9 @@ def test_standalone_job_embeds_the_same_cluster():
 # --------------------------------------------------------------------------- jobs
 
 
-def override(entrypoint: str, key: str) -> str:
-    found = re.search(rf"(?:^|\s){re.escape(key)}=(\S+)", entrypoint)
-    assert found, f"{key}= missing from {entrypoint!r}"
+def flag(entrypoint: str, name: str) -> str:
+    found = re.search(rf"(?:^|\s){re.escape(name)}\s+(\S+)", entrypoint)
+    assert found, f"{name} missing from {entrypoint!r}"
     return found.group(1)
 
 
@@ -565,14 +569,33 @@ def test_sft_then_rl_jobs(source):
     cluster = one("RayCluster", K8S / "raycluster.yaml")
     for spec in (sft, rl):
         assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
-    assert re.match(r"stgrl sft --config /data/configs/\S+\.yaml(\s|$)", sft["entrypoint"]), sft["entrypoint"]
-    assert re.match(r"stgrl rl --config /data/configs/\S+\.yaml\s", rl["entrypoint"]), rl["entrypoint"]
-    # Same config for both stages; RL starts from a checkpoint of this SFT run on the PVC.
-    assert sft["entrypoint"].split()[3] == rl["entrypoint"].split()[3]
-    init = re.search(r"--init-from\s+(\S+)", rl["entrypoint"])
-    assert init, rl["entrypoint"]
-    sft_dir = f"{override(sft['entrypoint'], 'run.out_dir')}/{override(sft['entrypoint'], 'run.name')}/"
-    assert init.group(1).startswith(sft_dir) and init.group(1).startswith("/data/"), (init.group(1), sft_dir)
+    assert sft["entrypoint"].startswith("stgrl sft --config "), sft["entrypoint"]
+    assert rl["entrypoint"].startswith("stgrl rl --config "), rl["entrypoint"]
+    # Same config and run directory (on the PVC) for both stages; RL starts from SFT's HF checkpoint
+    # (`stgrl sft` writes <run-dir>/sft/hf).
+    assert flag(sft["entrypoint"], "--config") == flag(rl["entrypoint"], "--config")
+    assert re.fullmatch(r"/data/configs/[\w.-]+\.yaml", flag(sft["entrypoint"], "--config"))
+    run_dir = flag(sft["entrypoint"], "--run-dir")
+    assert run_dir.startswith("/data/") and flag(rl["entrypoint"], "--run-dir") == run_dir
+    assert flag(rl["entrypoint"], "--init-from") == f"{run_dir}/sft/hf"
+
+
+RAY_JOBS = [(label, doc) for label, doc in RAY_MANIFESTS if doc["kind"] == "RayJob"]
+
+
+@pytest.mark.parametrize("label,doc", RAY_JOBS, ids=[label for label, _ in RAY_JOBS])
+def test_entrypoint_parses_with_the_cli(label, doc):
+    """The entrypoint is a valid `stgrl` command line (the subcommand's own argparse config)."""
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[0] == "stgrl", argv
+    module = f"stgrl.orchestration.commands.{argv[1].replace('-', '_')}"
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"`stgrl {argv[1]}` is not implemented yet ({module})")
+    command = importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog=f"stgrl {command.NAME}")
+    command.configure(parser)
+    args = parser.parse_args(argv[2:])  # SystemExit (a failure) on an unknown flag
+    assert args.config.startswith("/data/configs/"), args
 
 
 def test_standalone_job_cleans_up():
@@ -581,7 +604,8 @@ def test_standalone_job_cleans_up():
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] >= 1
     assert "clusterSelector" not in spec
-    assert spec["entrypoint"].startswith("stgrl rl ") and "--init-from /data/" in spec["entrypoint"]
+    rl = one("RayJob", K8S / "rayjob-rl.yaml")["spec"]
+    assert spec["entrypoint"] == rl["entrypoint"], "standalone RL runs the same command as rayjob-rl.yaml"
 
 
 # --------------------------------------------------------------------------- PVC, PodMonitor
