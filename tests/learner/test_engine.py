@@ -1,0 +1,156 @@
+"""One DeepSpeed rank in-process (gloo, world size 1): real GSPO updates, SFT, weights, exact resume."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from stgrl.learner.config import LearnerConfig
+from stgrl.learner.engine import LearnerEngine, WorldInfo
+from stgrl.learner.rl import rl_update
+from stgrl.learner.sft import make_sft_example, sft_eval_loss, sft_step, target_text
+
+WORLD = WorldInfo(master_port=29000 + random.Random().randrange(2000))  # world of 1; port only for init
+
+
+def _vocab(engine):
+    cfg = engine.module.config
+    return getattr(cfg, "text_config", cfg).vocab_size
+
+
+def test_multi_minibatch_update_moves_ratios_and_clips(vl_model_dir, vl_prompt, make_groups):
+    """Constructed case: every minibatch holds the same group, so after step 1 raised the
+    positive-advantage sequences, minibatches 2..4 see ratios outside [1-3e-4, 1+4e-4] and clip."""
+    eng = LearnerEngine(vl_model_dir, LearnerConfig(lr=1e-2, warmup_steps=0, num_minibatches=4), WORLD)
+    before = eng.full_state_dict()
+    group = make_groups([vl_prompt(seed=10)], _vocab(eng), seed=1, rewards=[[1.0, 0.0, 0.0, 1.0]])[0]
+    m = rl_update(eng, [group] * 4)
+    assert m["num_minibatches"] == 4
+    assert m["ratio_abs_dev_first"] < 1e-6, "first minibatch: old log-probs were taken on these weights"
+    assert m["ratio_abs_dev_last"] > 1e-3
+    assert m["clip_fraction_last"] > 0.0
+    assert m["zero_std_groups"] == 0 and m["tokens"] > 0
+    after = eng.full_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_state_dict_export_roundtrip(vl_model_dir, vl_prompt, make_groups, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    eng = LearnerEngine(vl_model_dir, LearnerConfig(lr=1e-2, num_minibatches=2), WORLD)
+    rl_update(eng, make_groups([vl_prompt(seed=s) for s in (11, 12)], _vocab(eng), seed=2))
+    sd = eng.full_state_dict()
+    assert all(v.device.type == "cpu" for v in sd.values())
+    eng.export_hf(tmp_path / "hf")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").state_dict()
+    assert all(torch.equal(reloaded[k], sd[k]) for k in reloaded)
+    assert AutoProcessor.from_pretrained(tmp_path / "hf").tokenizer.vocab_size > 0
+
+
+def _sft_examples(vl_prompt, seeds):
+    tok = vl_prompt.processor.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    colours, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "star", "ring"]
+    out = []
+    for s in seeds:
+        rng = random.Random(s)
+        name = f"{rng.choice(colours)} {rng.choice(shapes)}"
+        t = rng.randint(0, 9) / 2
+        reasoning = f"The {name} is at <obj>{name}</obj><box>[{rng.randint(0, 20)},{rng.randint(0, 20)},40,50]</box>at<t>{t}</t>s"
+        ids = tok.encode(target_text(reasoning, f"<t>{t}</t>s to <t>{t + 1}</t>s"), add_special_tokens=False) + [end]
+        out.append(make_sft_example(vl_prompt(seed=s), ids))
+    return out
+
+
+def test_sft_lowers_held_out_loss(vl_model_dir, vl_prompt):
+    eng = LearnerEngine(vl_model_dir, LearnerConfig(lr=3e-3, warmup_steps=2, total_steps=40), WORLD)
+    train = _sft_examples(vl_prompt, range(100, 132))
+    held = _sft_examples(vl_prompt, range(900, 908))
+    assert all((e["labels"] != -100).sum() < e["input_ids"].shape[1] for e in train), "prompt tokens are masked"
+
+    def held_loss():
+        nll, n = sft_eval_loss(eng, held)
+        return nll / n
+
+    start = held_loss()
+    for step in range(40):
+        sft_step(eng, train[(step * 4) % 32:(step * 4) % 32 + 4])
+    end = held_loss()
+    assert end < 0.6 * start, (start, end)
+
+
+# ---- exact resume -----------------------------------------------------------------------------
+
+def _resume_cfg():
+    return LearnerConfig(lr=5e-3, warmup_steps=1, total_steps=12, num_minibatches=2)
+
+
+def _run_steps(eng, first, last, text_prompts, make_groups):
+    """Steps first..last-1; step k's data derives from k alone (the data cursor). Each step: one
+    GSPO batch (2 minibatches) + one SFT step in train mode (dropout draws from the RNG)."""
+    losses = []
+    for k in range(first, last):
+        groups = make_groups(text_prompts(4, seed=k), 64, seed=1000 + k)
+        losses.append(rl_update(eng, groups)["loss"])
+        ids = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(k))
+        ex = [{"input_ids": r[None], "attention_mask": torch.ones(1, 12, dtype=torch.long),
+               "labels": torch.cat([torch.full((1, 4), -100), r[None, 4:]], dim=1)} for r in ids]
+        losses.append(sft_step(eng, ex)["sft_loss"])
+    return losses
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(tmp_path_factory):
+    """Text model with attention dropout so an unrestored RNG would change the result."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, attention_dropout=0.2,
+                      max_position_embeddings=128)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        m = Qwen2ForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("drop") / "m"
+    m.save_pretrained(out)
+    return out
+
+
+def test_exact_resume_bit_identical(dropout_model_dir, text_prompts, make_groups, tmp_path):
+    full = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+    losses_full = _run_steps(full, 0, 4, text_prompts, make_groups)
+    want = full.full_state_dict()
+
+    first = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+    losses_a = _run_steps(first, 0, 2, text_prompts, make_groups)
+    first.save_checkpoint(tmp_path / "ckpt", {"step": 2, "policy_version": 2, "curriculum_p": 0.5})
+    del first
+    torch.manual_seed(12345)  # the restart must not depend on the process's RNG: the checkpoint restores it
+    resumed = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+    state = resumed.load_checkpoint(tmp_path / "ckpt")
+    assert state["step"] == 2 and state["policy_version"] == 2 and state["curriculum_p"] == 0.5
+    assert resumed.global_steps == 2 * 3  # 2 RL minibatch steps + 1 SFT step per training step
+    losses_b = _run_steps(resumed, state["step"], 4, text_prompts, make_groups)
+    got = resumed.full_state_dict()
+
+    assert losses_a + losses_b == losses_full
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    opt_full, opt_res = full.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert torch.equal(_flat_moments(opt_full), _flat_moments(opt_res))
+
+
+def _flat_moments(opt_state) -> torch.Tensor:
+    """Adam first/second moments of a DeepSpeed ZeRO optimizer state, flattened."""
+    inner = opt_state.get("base_optimizer_state", opt_state)
+    st = inner["state"] if isinstance(inner, dict) else inner
+    if isinstance(st, dict):
+        st = list(st.values())
+    return torch.cat([torch.cat([s["exp_avg"].flatten(), s["exp_avg_sq"].flatten()]) for s in st])
+
+
+def test_load_without_checkpoint_fails_clearly(text_model_dir, tmp_path):
+    eng = LearnerEngine(text_model_dir, LearnerConfig(), WORLD)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        eng.load_checkpoint(tmp_path / "empty")
