@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "rl",
     "run",
     "eval",
+    "visualize",
 )
 
 DESCRIPTION = """\
