@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "run",
     "eval",
     "visualize",
+    "rewards",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,70 @@
+"""Offline scoring of JSON lines (what `stgrl rewards score` runs): one sample in, one score out.
+
+Input line: `{"id", "task", "completion", "answer", "options"?, "key_frames": [{"idx", "time"}],
+"key_items", "span"?, "frame_size": [W, H]}` (other fields, e.g. a full training record's `question`,
+are ignored). Output line: `{"id", "total", "components": {name: value}}`; a line that cannot be
+scored gives `{"id", "line", "error"}` instead and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from stgrl.reward_service.config import RewardConfig
+from stgrl.reward_service.rewards import score_sample
+from stgrl.reward_service.types import ScoringSample
+
+log = logging.getLogger(__name__)
+
+_decoder = msgspec.json.Decoder(ScoringSample)
+
+
+@dataclass
+class OfflineStats:
+    """Counts of one offline run."""
+
+    lines: int = 0
+    scored: int = 0
+    errors: int = 0
+
+
+def _id_of(raw: str) -> object:
+    """Best-effort id of a line that failed validation (so the error line can be joined back)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj.get("id") if isinstance(obj, dict) else None
+
+
+def score_lines(lines: Iterable[str], step: int, total_steps: int, cfg: RewardConfig,
+                stats: OfflineStats | None = None) -> Iterator[dict]:
+    """Score JSON lines lazily, yielding one output object per non-blank input line.
+
+    Bad lines are logged at ERROR with their 1-based line number and yield an `error` object.
+    """
+    stats = stats if stats is not None else OfflineStats()
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        stats.lines += 1
+        try:
+            sample = _decoder.decode(raw)
+        except msgspec.DecodeError as e:
+            stats.errors += 1
+            log.error("line %d: %s", lineno, e)
+            yield {"id": _id_of(raw), "line": lineno, "error": str(e)}
+            continue
+        score = score_sample(sample, step, total_steps, cfg)
+        if score.error is not None:
+            stats.errors += 1
+            log.error("line %d (id %s): %s", lineno, sample.id, score.error)
+            yield {"id": sample.id, "line": lineno, "error": score.error}
+            continue
+        stats.scored += 1
+        yield {"id": score.id, "total": score.total, "components": score.components}
