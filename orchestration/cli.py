@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 # Module names under stgrl.orchestration.commands, in --help order.
 COMMANDS: tuple[str, ...] = (
     "init_model",
+    "data",
     "config",
     "sft",
     "rl",

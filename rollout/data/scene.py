@@ -232,7 +232,7 @@ def simulate(rng: random.Random, d: Difficulty, sampled_for: callable) -> Scene:
             for q in ids[ai + 1:]:
                 sj = _union(box_of(j, pos[j]), box_of(j, nxt[j]))
                 sq = _union(box_of(q, pos[q]), box_of(q, nxt[q]))
-                if _overlap(sj, sq, gap=2):
+                if _overlap(sj, sq):  # touching is allowed: a bump leaves them side by side
                     vel[j] = (-vel[j][0], -vel[j][1])
                     vel[q] = (-vel[q][0], -vel[q][1])
                     nxt[j], nxt[q] = list(pos[j]), list(pos[q])
