@@ -28,7 +28,7 @@ from typing import Any, Literal
 import msgspec
 
 from stgrl.orchestration.evaluation.geometry import Box, best_iou, box_list, parse_span_text, span_iou
-from stgrl.orchestration.evaluation.judge import DeterministicJudge, Judge
+from stgrl.orchestration.evaluation.judge import DeterministicJudge, Judge, option_letter
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class VStarItem(msgspec.Struct, frozen=True):
     duration: float | None = None
     domain: str = "unknown"
     options: tuple[str, ...] | None = None
+    answer_option: str | None = None
+    """The correct option letter when the item is multiple choice (our export's ``answer_option``)."""
 
 
 class VStarPrediction(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -212,6 +214,7 @@ def item_from_dict(raw: dict[str, Any], key: str) -> VStarItem:
         duration=duration,
         domain=str(raw.get("domain") or "unknown"),
         options=tuple(str(o) for o in options) if isinstance(options, list) and options else None,
+        answer_option=str(raw["answer_option"]).strip() if raw.get("answer_option") else None,
     )
 
 
@@ -363,13 +366,23 @@ def score_item(
     scale = (1.0, 1.0)
     if pred.frame_size and item.width and item.height and all(pred.frame_size):
         scale = (item.width / pred.frame_size[0], item.height / pred.frame_size[1])
-    correct = bool(pred.answer_vqa) and judge(item.question, item.answer, pred.answer_vqa or "", item.options)
+    correct = bool(pred.answer_vqa) and is_correct(item, pred.answer_vqa or "", judge)
     chains = [
         _chain(item, pred.answer_temporal, pred.answer_temporal_pre, pred.answer_spatial, scale, match),
         _chain(item, pred.answer_temporal_2, pred.answer_temporal_pre_2, pred.answer_spatial_2, scale, match),
     ]
     return ItemScore(item.key, item.domain, False, bool(correct), chains, random_tiou, random_viou,
                      ap_rates(random_ious))
+
+
+def is_correct(item: VStarItem, candidate: str, judge: Judge) -> bool:
+    """Multiple choice with a known letter: an answer that names an option (letter or option text)
+    is right iff it names the correct one; anything else goes to the judge against the text answer."""
+    if item.answer_option and item.options:
+        letter = option_letter(candidate, item.options)
+        if letter is not None:
+            return letter == item.answer_option
+    return bool(judge(item.question, item.answer, candidate, item.options))
 
 
 def lgm(acc: float, tiou: float, viou: float, eps: float = LGM_EPS) -> float:

@@ -201,3 +201,12 @@ def test_cli_writes_report(tmp_path):
     assert len(rep["items"]) == 3
     bad = parser.parse_args(["vstar", "--annotations", str(ann)])
     assert eval_cmd.run(bad) == 2
+
+
+def test_answer_option_letter_or_text(judge):
+    raw = {**_annotations()[0], "answer": "red", "options": ["A. blue", "B. red"], "answer_option": "B"}
+    item = vstar.item_from_dict(raw, "a")
+    assert vstar.is_correct(item, "B", judge) and vstar.is_correct(item, "<answer>(B)</answer>", judge)
+    assert vstar.is_correct(item, "red", judge)                 # the option's text names B
+    assert not vstar.is_correct(item, "A", judge) and not vstar.is_correct(item, "blue", judge)
+    assert vstar.is_correct(item, "it is red", judge)           # no option named: judge vs "red" (ROUGE-L .5)
