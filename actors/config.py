@@ -22,3 +22,28 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     high_water_mark: Annotated[int, Meta(ge=1)] = 64
     timeout_s: PosFloat = 60.0
     """Every cross-actor wait gives up after this long with an error naming the peer."""
+    resend_after_s: PosFloat = 5.0
+    """A trajectory group not acknowledged after this long is sent again (at-least-once)."""
+    dedup_window: Annotated[int, Meta(ge=1)] = 1_000_000
+    """How many delivered group ids a receiver remembers to drop duplicates."""
+    max_tensors: Annotated[int, Meta(ge=0, le=4096)] = 256
+    """Most tensor frames one message may carry; more is rejected before any frame is read."""
+    weight_window: Annotated[int, Meta(ge=1, le=64)] = 2
+    """Weight buckets requested ahead (in flight); each costs one bucket of transient memory."""
+    heartbeat_s: PosFloat = 2.0
+    """ZeroMQ heartbeat interval; a peer silent for 3 intervals is dropped and reconnected."""
+
+    @property
+    def bucket_bytes(self) -> int:
+        return self.weight_bucket_mib << 20
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.max_frame_mib << 20
+
+    def __post_init__(self) -> None:
+        if self.weight_bucket_mib > self.max_frame_mib:
+            raise ValueError(
+                f"weight_bucket_mib ({self.weight_bucket_mib}) must not exceed max_frame_mib "
+                f"({self.max_frame_mib}): every bucket travels as one frame"
+            )

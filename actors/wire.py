@@ -1,0 +1,309 @@
+"""Every message that crosses a ZeroMQ socket, and the one way to encode and decode it (DESIGN 6).
+
+A message is a multipart ZeroMQ message::
+
+    frame 0      msgpack header: [body, [TensorMeta, ...]]   (body = a tagged Struct below)
+    frame 1..N   one raw frame per tensor, in header order (see `stgrl.actors.tensor_frames`)
+
+Why this shape: the header is small and decoded with a decoder *typed for what the socket expects*,
+so a wrong type, an unknown tag or an unknown field fails at the boundary with a `WireError`, not
+deep inside the trainer; tensors never pass through msgpack (no copy, no pickle). Nothing received
+is ever unpickled.
+
+Compatibility: structs are ``array_like`` (positional). New fields only ever go at the end, with a
+default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Generic, TypeVar, Union
+
+import msgspec
+import torch
+
+from stgrl.actors.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
+
+__all__ = [
+    "Ack",
+    "BucketRequest",
+    "Completion",
+    "Control",
+    "GroundTruth",
+    "KeyFrame",
+    "ManifestRequest",
+    "Message",
+    "NoVersion",
+    "Reject",
+    "RewardRequest",
+    "RewardResult",
+    "TensorEntry",
+    "TrajectoryGroup",
+    "VersionReport",
+    "WeightBucket",
+    "WeightManifest",
+    "WireError",
+    "decode",
+    "encode",
+]
+
+
+class WireError(ValueError):
+    """A received message is malformed; the socket that got it keeps serving.
+
+    ``body`` is the decoded header body when only the tensor frames were wrong (lets a receiver name
+    the message it refuses), else None.
+    """
+
+    def __init__(self, reason: str, body: Any = None) -> None:
+        super().__init__(reason)
+        self.body = body
+
+
+_STRUCT = {"array_like": True, "forbid_unknown_fields": True, "omit_defaults": True}
+
+
+class _Msg(msgspec.Struct, tag_field="kind", **_STRUCT):
+    """Base of every top-level message: tagged by ``kind`` so one socket can route several types."""
+
+
+# --- trajectories -------------------------------------------------------------------------------
+
+
+class KeyFrame(msgspec.Struct, **_STRUCT):
+    idx: int
+    time: float
+    """Seconds (true timestamp of the key frame)."""
+
+
+class GroundTruth(msgspec.Struct, **_STRUCT):
+    """What the reward needs from the dataset record (DESIGN 2.1, 3).
+
+    Placeholder until `stgrl.reward_service.types.ScoringSample` exists; same field names.
+    """
+
+    id: str
+    task: str
+    answer: str
+    options: list[str] | None = None
+    key_frames: list[KeyFrame] = msgspec.field(default_factory=list)
+    key_items: dict[str, dict[str, list[list[float]]]] = msgspec.field(default_factory=dict)
+    """``{str(key frame idx): {object name: [[x1, y1, x2, y2], ...]}}``, normalized to [0, 1]."""
+    span: list[float] | None = None
+    frame_size: list[int] = msgspec.field(default_factory=list)
+    """Resized frame ``[W, H]`` in pixels: model boxes are absolute pixels of this size."""
+
+
+class Completion(msgspec.Struct, **_STRUCT):
+    token_ids: list[int]
+    behaviour_logprobs: list[float]
+    """Log-prob of each token under the engine that sampled it (off-policy correction, DESIGN 4)."""
+    text: str
+    finish_reason: str
+
+
+class TrajectoryGroup(_Msg, tag="trajectory_group"):
+    """G completions of one prompt; the prompt's model inputs travel as tensor frames beside it.
+
+    ``group_id`` must be deterministic for (step, prompt), e.g. ``f"{step}/{prompt_id}"``: a
+    regenerated group then de-duplicates against the original.
+    """
+
+    group_id: str
+    prompt_id: str
+    step: int
+    """Training step the prompt belongs to."""
+    policy_version: int
+    prompt_len: int
+    completions: list[Completion]
+    sample: GroundTruth
+    frame_size: list[int]
+    timings: dict[str, float] = msgspec.field(default_factory=dict)
+    rewards: list[float] | None = None
+    reward_components: list[dict[str, float]] | None = None
+
+
+# --- rewards ------------------------------------------------------------------------------------
+
+
+class RewardRequest(_Msg, tag="reward_request"):
+    """Score ``completions`` of one sample at training ``step`` (the step travels, never a global)."""
+
+    request_id: str
+    sample: GroundTruth
+    completions: list[str]
+    step: int
+    total_steps: int
+
+
+class RewardResult(_Msg, tag="reward_result"):
+    request_id: str
+    totals: list[float]
+    components: list[dict[str, float]]
+    errors: list[list[str]] = msgspec.field(default_factory=list)
+    """Per completion, the components that failed (scored 0)."""
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+class TensorEntry(msgspec.Struct, **_STRUCT):
+    """Where one tensor lives in a version's byte stream."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    offset: int
+    nbytes: int
+
+
+class ManifestRequest(_Msg, tag="manifest_request"):
+    version: int | None = None
+    """None: the latest version."""
+
+
+class NoVersion(_Msg, tag="no_version"):
+    """Answer to a request the publisher cannot serve (nothing published yet, version superseded)."""
+
+    reason: str
+    latest: int | None = None
+
+
+class WeightManifest(_Msg, tag="weight_manifest"):
+    """One weight version: a byte stream cut into fixed-size buckets, tensors at aligned offsets."""
+
+    version: int
+    total_nbytes: int
+    bucket_nbytes: int
+    tensors: list[TensorEntry]
+    bucket_checksums: list[int]
+    """xxh3-64 of each bucket."""
+    checksum: int
+    """xxh3-64 over the manifest's tensor table and bucket checksums."""
+
+
+class BucketRequest(_Msg, tag="bucket_request"):
+    version: int
+    index: int
+
+
+class WeightBucket(_Msg, tag="weight_bucket"):
+    """Header of one bucket; its bytes follow as the single tensor frame ``"data"`` (uint8)."""
+
+    version: int
+    index: int
+    nbytes: int
+    checksum: int
+
+
+class VersionReport(_Msg, tag="version_report"):
+    """A subscriber tells the publisher which version it now runs."""
+
+    subscriber_id: str
+    version: int
+
+
+# --- acks and control ---------------------------------------------------------------------------
+
+
+class Ack(_Msg, tag="ack"):
+    ids: list[str]
+
+
+class Reject(_Msg, tag="reject"):
+    """The receiver refused a message; ``reason`` says why, ``ids`` which messages when known."""
+
+    reason: str
+    ids: list[str] = msgspec.field(default_factory=list)
+
+
+class Control(_Msg, tag="control"):
+    command: str
+    step: int | None = None
+    args: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+Message = Union[
+    TrajectoryGroup, RewardRequest, RewardResult, ManifestRequest, NoVersion, WeightManifest,
+    BucketRequest, WeightBucket, VersionReport, Ack, Reject, Control,
+]
+"""Any top-level message (decode with this when a socket serves several kinds)."""
+
+T = TypeVar("T")
+
+
+class _Envelope(msgspec.Struct, Generic[T], array_like=True, forbid_unknown_fields=True):
+    body: T
+    tensors: list[TensorMeta]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+@lru_cache(maxsize=64)
+def _decoder(expected_type: Any) -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(_Envelope[expected_type])
+
+
+def encode(msg: msgspec.Struct, tensors: Mapping[str, torch.Tensor] | None = None) -> list[bytes | memoryview]:
+    """Frames for ``send_multipart(frames, copy=False)``: header, then one zero-copy view per tensor.
+
+    The tensors must stay unmodified until the message is sent (the views alias them).
+    """
+    metas: list[TensorMeta] = []
+    frames: list[bytes | memoryview] = [b""]
+    for name, tensor in (tensors or {}).items():
+        meta, view = tensor_to_frame(name, tensor)
+        metas.append(meta)
+        frames.append(view)
+    frames[0] = _ENCODER.encode(_Envelope(msg, metas))
+    return frames
+
+
+def decode(
+    frames: Sequence[Any],
+    expected_type: Any,
+    *,
+    max_frame_bytes: int,
+    max_tensors: int = 256,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Typed decode of ``frames`` (zmq.Frame, bytes or memoryview) into ``(msg, tensors)``.
+
+    ``expected_type`` is one message class or a ``Union`` of them. Tensors alias the received frames
+    (no copy). Raises `WireError` with the reason on any mismatch: wrong type or tag, unknown field,
+    frame count differing from the header, duplicate names, bad dtype/shape, a frame over
+    ``max_frame_bytes``.
+    """
+    if not frames:
+        raise WireError("empty message")
+    header = frames[0]
+    header_buf = getattr(header, "buffer", None)
+    header_buf = header_buf if header_buf is not None else memoryview(header)
+    if header_buf.nbytes > max_frame_bytes:
+        raise WireError(f"header frame of {header_buf.nbytes} bytes exceeds the limit of {max_frame_bytes}")
+    try:
+        env = _decoder(expected_type).decode(header_buf)
+    except msgspec.DecodeError as err:
+        raise WireError(f"bad header (expected {_type_name(expected_type)}): {err}") from None
+    if len(env.tensors) > max_tensors:
+        raise WireError(f"{len(env.tensors)} tensors exceed the limit of {max_tensors}", env.body)
+    if len(frames) != 1 + len(env.tensors):
+        raise WireError(f"header lists {len(env.tensors)} tensors but {len(frames) - 1} tensor frames arrived",
+                        env.body)
+    tensors: dict[str, torch.Tensor] = {}
+    for meta, frame in zip(env.tensors, frames[1:]):
+        if meta.name in tensors:
+            raise WireError(f"duplicate tensor name {meta.name!r}", env.body)
+        try:
+            tensors[meta.name] = tensor_from_frame(meta, frame, max_frame_bytes)
+        except FrameError as err:
+            raise WireError(str(err), env.body) from None
+    return env.body, tensors
+
+
+def _type_name(tp: Any) -> str:
+    args = getattr(tp, "__args__", None)
+    if args:
+        return " | ".join(a.__name__ for a in args)
+    return getattr(tp, "__name__", repr(tp))
