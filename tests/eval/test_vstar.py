@@ -209,4 +209,7 @@ def test_answer_option_letter_or_text(judge):
     assert vstar.is_correct(item, "B", judge) and vstar.is_correct(item, "<answer>(B)</answer>", judge)
     assert vstar.is_correct(item, "red", judge)                 # the option's text names B
     assert not vstar.is_correct(item, "A", judge) and not vstar.is_correct(item, "blue", judge)
-    assert vstar.is_correct(item, "it is red", judge)           # no option named: judge vs "red" (ROUGE-L .5)
+    # multiple choice is strict: text that names no option is wrong even if ROUGE would pass it
+    assert not vstar.is_correct(item, "it is red", judge)
+    free = vstar.item_from_dict({**_annotations()[0], "answer": "red"}, "a")
+    assert vstar.is_correct(free, "it is red", judge)           # free form: ROUGE-L F1 = 0.5
