@@ -598,6 +598,59 @@ def test_entrypoint_parses_with_the_cli(label, doc):
     assert args.config.startswith("/data/configs/"), args
 
 
+def job_config(entrypoint: str):
+    """The typed config a RayJob runs with: its --config read from the repository's configs/ (the
+    README copies configs/ to /data/configs) plus the entrypoint's key=value overrides."""
+    from stgrl.orchestration.config import load_config
+
+    argv = shlex.split(entrypoint)
+    path = REPO / "configs" / Path(flag(entrypoint, "--config")).name
+    overrides = [a for a in argv[2:] if "=" in a and not a.startswith("-")]
+    return path, load_config(path, overrides) if path.is_file() else None
+
+
+def capacity(group: dict, pool: str, replicas_key: str = "replicas") -> float:
+    return group[replicas_key] * offered(group)[pool]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_fits_its_config(overlay):
+    """The pools of an overlay hold the actors its config asks for: RL at the applied replica counts,
+    SFT (learner ranks only) at most at maxReplicas (README scales the learner pool up for SFT)."""
+    docs = rendered(overlay)
+    (cluster,) = by_kind("RayCluster", docs)
+    groups = groups_of(cluster["spec"])
+    jobs = {j["metadata"]["name"]: j["spec"]["entrypoint"] for j in by_kind("RayJob", docs)}
+    path, rl = job_config(jobs["stgrl-rl"])
+    assert rl is not None, f"{overlay} runs {path.name}, which configs/ lacks"
+    _, sft = job_config(jobs["stgrl-sft"])
+    rollout, learner, reward = (groups[POOLS[p]] for p in ("rollout", "learner", "reward"))
+    assert capacity(rollout, "rollout") >= rl.rollout.num_workers, (overlay, rl.rollout.num_workers)
+    assert capacity(reward, "reward") >= rl.reward.num_shards, (overlay, rl.reward.num_shards)
+    assert capacity(learner, "learner") >= rl.learner.num_ranks, (overlay, rl.learner.num_ranks)
+    assert capacity(learner, "learner", "maxReplicas") >= sft.sft.num_ranks, (overlay, sft.sft.num_ranks)
+    gpus_per_engine = rl.rollout.num_gpus_per_worker
+    assert offered(rollout)["rollout"] * gpus_per_engine <= gpu_limit(rollout), "rollout GPUs per pod"
+    if gpu_limit(rollout) == 0:
+        assert gpus_per_engine == 0, f"{overlay} has no GPU but its config asks for GPUs per rollout worker"
+
+
+@pytest.mark.parametrize("label,doc", RAY_JOBS, ids=[label for label, _ in RAY_JOBS])
+def test_data_plane_binds_off_loopback(label, doc):
+    """Actors sit on different pods: ZeroMQ must bind a routable interface (CURVE then turns on)."""
+    _, cfg = job_config(doc["spec"]["entrypoint"])
+    if cfg is None:  # the base's generic /data/configs/stgrl.yaml: check the override itself
+        assert "transport.bind_host=0.0.0.0" in shlex.split(doc["spec"]["entrypoint"]), label
+    else:
+        assert cfg.transport.bind_host in ("0.0.0.0", "*"), (label, cfg.transport.bind_host)
+
+
+def test_ray_containers_start_in_the_shared_volume():
+    for label, spec in cluster_specs():
+        for name, group in [("head", spec["headGroupSpec"]), *groups_of(spec).items()]:
+            assert ray_container(group).get("workingDir") == "/data", f"{label}: {name}"
+
+
 def test_standalone_job_cleans_up():
     spec = one("RayJob", K8S / "rayjob-rl-standalone.yaml")["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
