@@ -3,8 +3,9 @@
 Every shown frame carries its true time. Ground-truth boxes (green, with the object name) are drawn
 on the shown frame nearest each key frame; each claim's boxes are drawn on the shown frame nearest
 the *claimed* time, labelled with the claimed time, the IoU against the same object's ground truth at
-the key frame nearest that time and the time error — orange when IoU ≥ 0.5, red otherwise — so a
-wrong place or a wrong moment is visible at a glance.
+the key frame nearest that time and the time error — orange when the box has IoU ≥ 0.5 and the time
+is within 0.25 s of that key frame, red otherwise — so a wrong place or a wrong moment is visible at a
+glance.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ GT_COLOR = (0, 220, 0)
 CLAIM_GOOD_COLOR = (255, 150, 0)
 CLAIM_BAD_COLOR = (235, 20, 20)
 GOOD_IOU = 0.5
+GOOD_DT = 0.25
+"""A claim checks out when its box has IoU ≥ GOOD_IOU with the same object's truth at the nearest key
+frame AND its time is within GOOD_DT s of that key frame (half the default 2 fps interval: the claim
+points at the right frame). Stricter than the reward's 1 s gate on purpose — a right box at the wrong
+moment is wrong evidence."""
 MIN_CELL_WIDTH = 240
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -156,9 +162,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def claim_ok(iou: float | None, time_error: float | None) -> bool:
+    """Right place (IoU ≥ GOOD_IOU) at the right moment (|Δt| ≤ GOOD_DT); see :data:`GOOD_DT`."""
+    return iou is not None and time_error is not None and iou >= GOOD_IOU and time_error <= GOOD_DT + 1e-9
+
+
 def claim_color(mark: ClaimMark) -> tuple[int, int, int]:
-    """Orange for a claim whose box matches (IoU ≥ 0.5), red otherwise."""
-    return CLAIM_GOOD_COLOR if mark.iou is not None and mark.iou >= GOOD_IOU else CLAIM_BAD_COLOR
+    """Orange for a claim that checks out (:func:`claim_ok`), red otherwise."""
+    return CLAIM_GOOD_COLOR if claim_ok(mark.iou, mark.time_error) else CLAIM_BAD_COLOR
 
 
 def claim_label(mark: ClaimMark) -> str:
@@ -270,7 +281,8 @@ def title_lines(view: SampleView) -> list[str]:
     if view.scores:
         lines.append("scores: " + "  ".join(f"{k} {v:.2f}" for k, v in view.scores.items()))
     lines.append("green = ground truth (on the frame nearest its key frame); orange/red = claim on the frame "
-                 "nearest its claimed time (orange: IoU >= 0.5 with the same object's truth)")
+                 f"nearest its claimed time (orange: IoU >= {GOOD_IOU} with the same object's truth and within "
+                 f"{GOOD_DT}s of its key frame)")
     return lines
 
 

@@ -45,9 +45,10 @@ class Card:
 
 
 def highlight_claims(completion: str, record: Mapping[str, Any], model_size: tuple[float, float]) -> tuple[str, int, int]:
-    """HTML of the completion with claims in ``<mark>`` (class ``good`` when IoU ≥ 0.5 against the
-    same object's ground truth at the nearest key frame, ``bad`` otherwise, ``unknown`` when the
-    object is not in the ground truth) and the answer in bold; returns (html, good claims, claims)."""
+    """HTML of the completion with claims in ``<mark>`` (class ``good`` when the claim checks out —
+    :func:`draw.claim_ok` against the same object's ground truth at the nearest key frame — ``bad``
+    otherwise, ``unknown`` when the object is not in the ground truth) and the answer in bold;
+    returns (html, good claims, claims)."""
     gt = grounding.GroundTruth.from_record(record, model_size)
     parts: list[str] = []
     pos = good = total = 0
@@ -59,7 +60,7 @@ def highlight_claims(completion: str, record: Mapping[str, Any], model_size: tup
             s = grounding.score_sample(claims[:1], gt)
             total += 1
             if s.n_unknown_objects == 0 and s.n_untimed_claims == 0:
-                ok = s.mean_iou >= draw.GOOD_IOU
+                ok = draw.claim_ok(s.mean_iou, s.time_errors[0] if s.time_errors else None)
                 good += ok
                 cls = "good" if ok else "bad"
                 dt = f", Δt {s.time_errors[0]:.1f}s" if s.time_errors else ""
@@ -95,8 +96,9 @@ def render_page(cards: Sequence[Card], title: str) -> str:
     """The whole page as a string."""
     ok = sum(c.claims_ok for c in cards)
     total = sum(c.claims_total for c in cards)
-    head = (f"<h1>{html.escape(title)}</h1><p class='meta'>{len(cards)} samples, {ok}/{total} claims with "
-            f"IoU ≥ {draw.GOOD_IOU} at the nearest key frame.</p><p class='legend'>"
+    head = (f"<h1>{html.escape(title)}</h1><p class='meta'>{len(cards)} samples, {ok}/{total} claims check out "
+            f"(IoU ≥ {draw.GOOD_IOU} with the same object at the nearest key frame, time within "
+            f"{draw.GOOD_DT} s of it).</p><p class='legend'>"
             "<span style='background:#ffd9a0'>claim checks out</span><span style='background:#ffb3b3'>claim "
             "misses</span><span style='background:#ddd'>object not in ground truth</span> — in images: green "
             "ground truth, orange/red claims.</p>")

@@ -118,3 +118,13 @@ def test_html_page_and_cli(dataset, tmp_path):
     assert cmd.run(args) == 0
     assert (out / "s1.png").exists() and (out / "s1.gif").exists()
     assert cmd.run(parser.parse_args(["--record", str(root / "eval.jsonl"), "--index", "5", "--out", str(out)])) == 2
+
+
+def test_right_box_at_the_wrong_time_is_marked_wrong(dataset):
+    _, record = dataset
+    times = [0.0, 0.5, 1.0, 1.5]
+    ov = draw.plan_overlays(record, [("blue square", [list(SQUARE)], 0.0)], times, (W, H))
+    mark = ov[0].claims[0]                       # drawn on the t=0 frame, compared with the t=1 key frame
+    assert mark.iou == pytest.approx(1.0) and mark.time_error == pytest.approx(1.0)
+    assert draw.claim_color(mark) == draw.CLAIM_BAD_COLOR
+    assert draw.claim_ok(0.6, 0.25) and not draw.claim_ok(0.4, 0.0) and not draw.claim_ok(None, 0.0)
