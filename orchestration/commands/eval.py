@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 NAME = "eval"
-HELP = "evaluate predictions (V-STAR metrics)"
+HELP = "evaluate predictions (V-STAR metrics, grounding diagnostics)"
 DESCRIPTION = """\
 Evaluate model predictions.
 
   stgrl eval vstar --annotations eval_vstar.json --predictions preds.json -o metrics.json
   stgrl eval vstar --merged reference_results.json     # the reference evaluator's merged list
+  stgrl eval grounding --predictions run/eval/predictions.jsonl [--swapped run/eval/swapped.jsonl]
 
 The predictions format is described in docs/evaluation.md.
 """
@@ -88,9 +89,54 @@ def _run_vstar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_grounding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--predictions", type=Path, required=True, help="predictions JSONL (docs/evaluation.md)")
+    p.add_argument("--records", type=Path, help="dataset JSONL for lines that carry no record")
+    p.add_argument("--swapped", type=Path, help="predictions JSONL of the same ids answered with another "
+                   "sample's video (record = the question's own record): runs the swapped-video test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-box baseline and the bootstrap")
+    p.add_argument("-o", "--out", type=Path, help="write the report as JSON")
+
+
+def _run_grounding(args: argparse.Namespace) -> int:
+    import msgspec
+    from rich.console import Console
+
+    from stgrl.orchestration.evaluation import grounding
+    from stgrl.orchestration.visualize.formats import read_predictions, read_records
+
+    records = {str(r.get("id")): r for r in read_records(args.records)} if args.records else None
+    own = grounding.samples_from_predictions([ln for _, ln in read_predictions(args.predictions)], records)
+    if not own:
+        log.error("no usable predictions in %s", args.predictions)
+        return 2
+    report = grounding.diagnose([(c, gt) for _, c, gt in own], seed=args.seed)
+    console = Console()
+    console.print(grounding.render_table(report))
+    swap = None
+    if args.swapped is not None:
+        other = {i: (c, gt) for i, c, gt in
+                 grounding.samples_from_predictions([ln for _, ln in read_predictions(args.swapped)], records)}
+        pairs = [(grounding.score_sample(c, gt).mean_iou, grounding.score_sample(*other[i]).mean_iou)
+                 for i, c, gt in own if i in other]
+        if not pairs:
+            log.error("no id of %s is in %s", args.swapped, args.predictions)
+            return 2
+        swap = grounding.swapped_video_test([a for a, _ in pairs], [b for _, b in pairs], seed=args.seed)
+        console.print(grounding.describe_swap(swap))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"report": report, "swapped_video": swap}
+        args.out.write_bytes(msgspec.json.format(msgspec.json.encode(payload), indent=2))
+        log.info("wrote %s", args.out)
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("vstar", "V-STAR metrics: Acc, tIoU/vIoU per chain, AP, R1, mAM, mLGM",
                _configure_vstar, _run_vstar),
+    Subcommand("grounding", "claimed boxes/times vs mean-box, random-box and middle-of-video baselines; "
+               "swapped-video test", _configure_grounding, _run_grounding),
 ]
 
 

@@ -272,3 +272,57 @@ def swapped_video_test(own: Sequence[float], swapped: Sequence[float], n_boot: i
         ci_low=float(lo), ci_high=float(hi), confidence=confidence,
         p_not_better=float(np.mean(boots <= 0.0)),
     )
+
+
+def samples_from_predictions(lines: Sequence[Any], records: Mapping[str, Mapping[str, Any]] | None = None
+                             ) -> list[tuple[str, list[ClaimTuple], GroundTruth]]:
+    """``(id, claims, ground truth)`` per predictions line (``visualize.formats.PredictionLine``).
+
+    The record comes inline or from ``records`` by id; lines without a record or without
+    ``frame_size`` (the claims' pixel space) are skipped with a warning. The video length for the
+    middle-of-video baseline is the record's ``duration`` if it has one, else the shown frames' span
+    plus one sampling step.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    out = []
+    for line in lines:
+        record = line.record or (records or {}).get(line.id)
+        if record is None or not line.frame_size:
+            log.warning("grounding: skipping %s (%s)", line.id, "no record" if record is None else "no frame_size")
+            continue
+        ft = list(line.frame_times)
+        duration = record.get("duration")
+        if duration is None and ft:
+            duration = ft[-1] + ((ft[-1] - ft[-2]) if len(ft) > 1 else 0.0)
+        gt = GroundTruth.from_record(record, line.frame_size, duration)
+        out.append((line.id, claims_from_text(line.completion), gt))
+    return out
+
+
+def render_table(report: GroundingReport) -> Any:
+    """A rich table: model vs baselines (IoU, IoU ≥ 0.5, centre error, time error)."""
+    from rich.table import Table
+
+    def f(v: float | None, pct: bool = False) -> str:
+        return "-" if v is None else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
+
+    t = Table(title=f"grounding ({report.n_samples} samples, {report.n_claims} claims, "
+                    f"{report.n_unknown_objects} unknown objects, {report.n_samples_without_claims} without claims)")
+    for col in ("predictor", "boxes", "IoU %", "IoU≥.5 %", "centre err", "time err s"):
+        t.add_column(col, justify="right" if col != "predictor" else "left")
+    t.add_row("model", str(report.model.n_boxes), f(report.model.iou, True), f(report.model.iou_ge_0_5, True),
+              f(report.model.center_error), f(report.time_error))
+    for name, s in (("mean box", report.mean_box), ("random box", report.random_box)):
+        t.add_row(name, str(s.n_boxes), f(s.iou, True), f(s.iou_ge_0_5, True), f(s.center_error), "")
+    t.add_row("middle of video", "", "", "", "", f(report.middle_time_error))
+    return t
+
+
+def describe_swap(swap: PairedDiff) -> str:
+    """One line for the swapped-video test."""
+    verdict = "uses the video" if swap.ci_low > 0 else "NO evidence that it uses the video"
+    return (f"swapped-video test (n={swap.n}): mean IoU own {100 * swap.mean_own:.1f}% vs swapped "
+            f"{100 * swap.mean_swapped:.1f}%, difference {100 * swap.mean_diff:.1f} points, "
+            f"{100 * swap.confidence:.0f}% CI [{100 * swap.ci_low:.1f}, {100 * swap.ci_high:.1f}] → {verdict}")

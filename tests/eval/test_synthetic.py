@@ -53,3 +53,33 @@ def test_visualize_synthetic_record_with_its_own_reasoning(synth, tmp_path):
     assert total >= 1 and good == total  # the generator's reasoning is correct evidence
     png, gif, layout = draw.save_sample(draw.SampleView(rec, completion, frames), tmp_path)
     assert png.exists() and gif.exists() and len(layout.origins) == len(frames.times)
+
+
+def test_grounding_command_with_swapped_videos(synth, tmp_path):
+    import argparse
+
+    from stgrl.orchestration.commands import eval as eval_cmd
+
+    records = [json.loads(x) for x in (synth / "eval.jsonl").read_text().splitlines()]
+    recs = [r for r in records if r.get("video_path") and "<obj>" in r.get("reasoning", "")]
+    assert len(recs) >= 4
+
+    def line(rec, reasoning):  # the runner's line: the question's record, the text from some video
+        return json.dumps({"id": rec["id"], "task": rec["task"], "frame_size": [112, 112],
+                           "frame_times": [0.0, 0.5, 1.0, 1.5], "record": rec,
+                           "completion": f"<think>{reasoning}</think><answer>{rec['answer']}</answer>"})
+
+    own, swapped = tmp_path / "own.jsonl", tmp_path / "swapped.jsonl"
+    own.write_text("\n".join(line(r, r["reasoning"]) for r in recs))
+    # a model that reads the pixels perfectly describes the *other* video when given it
+    swapped.write_text("\n".join(line(r, recs[(i + 1) % len(recs)]["reasoning"]) for i, r in enumerate(recs)))
+    parser = argparse.ArgumentParser()
+    eval_cmd.configure(parser)
+    out = tmp_path / "g.json"
+    args = parser.parse_args(["grounding", "--predictions", str(own), "--swapped", str(swapped), "-o", str(out)])
+    assert eval_cmd.run(args) == 0
+    rep = json.loads(out.read_text())
+    assert rep["report"]["model"]["iou"] == pytest.approx(1.0)
+    assert rep["report"]["mean_box"]["iou"] < 1.0 and rep["report"]["random_box"]["iou"] < 1.0
+    assert rep["report"]["time_error"] == pytest.approx(0.0)
+    assert rep["swapped_video"]["mean_diff"] > 0
