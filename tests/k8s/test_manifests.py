@@ -889,3 +889,25 @@ def test_dockerfile_gpu_base_with_vllm_extra():
     for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text, re.M):
         for item in src.split():
             assert (REPO / item).exists(), f"Dockerfile copies {item}, which the repository lacks"
+
+
+def test_readme_commands_match_the_manifests():
+    """The README's commands name the objects the manifests define (no drift after a rename)."""
+    text = (K8S / "README.md").read_text()
+    cluster = one("RayCluster", K8S / "raycluster.yaml")
+    name = cluster["metadata"]["name"]
+    sft = one("RayJob", K8S / "rayjob-sft.yaml")["metadata"]["name"]
+    rl = one("RayJob", K8S / "rayjob-rl.yaml")["metadata"]["name"]
+    assert f"kubectl wait --for=jsonpath='{{.status.jobStatus}}'=SUCCEEDED rayjob/{sft}" in text
+    assert f"kubectl wait --for=jsonpath='{{.status.jobStatus}}'=SUCCEEDED rayjob/{rl}" in text
+    assert text.index(f"rayjob/{sft}") < text.index("stgrl.io/stage=rl"), "RL is applied after SFT succeeded"
+    assert f"kubectl create secret generic {cluster['spec']['authOptions']['secretName']} " in text
+    assert f"svc/{name}-head-svc 8265:8265" in text
+    groups = groups_of(cluster["spec"])
+    scaled = re.findall(rf"kubectl ray scale cluster {name} --worker-group (\S+)", text)
+    assert scaled and set(scaled) <= set(groups), scaled
+    for index, group in re.findall(r'"path": "/spec/workerGroupSpecs/(\d+)/groupName", "value": "([\w-]+)"', text):
+        assert list(groups)[int(index)] == group, (index, group)
+    labels = {d["metadata"]["labels"]["stgrl.io/stage"] for p in manifest_files() for d in load_docs(p)}
+    for stage in re.findall(r"-l stgrl\.io/stage=([\w-]+)", text):
+        assert stage in labels, stage
