@@ -10,7 +10,10 @@ with ``T = temperature`` (``T = 1`` when greedy, ``temperature == 0``). Nothing 
 top-p truncation, no suppressed special tokens. A teacher-forced forward of the same weights, pixels
 and tokens therefore reproduces it exactly (up to fp32 round-off).
 
-Only light imports here (msgspec, typing): torch/transformers/vLLM load inside the engines.
+Completions are ``stgrl.actors.wire.Completion`` (``token_ids``, ``behaviour_logprobs``, ``text``,
+``finish_reason`` in ``{"stop", "length"}``): the worker puts them on the wire as they are. ``token_ids``
+include the stop token when ``finish_reason == "stop"``, so the learner's teacher-forced pass sees
+exactly the tokens the policy sampled. transformers/vLLM load inside the engines only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
+
+from stgrl.actors.wire import Completion
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,23 +56,6 @@ class SamplingSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def logprob_temperature(self) -> float:
         """The T of the log-prob convention: the sampling temperature, or 1 when greedy."""
         return 1.0 if self.greedy else self.temperature
-
-
-class GeneratedCompletion(msgspec.Struct, frozen=True, kw_only=True):
-    """One sampled completion: its tokens, their behaviour log-probs and the decoded text.
-
-    ``token_ids`` include the stop token when ``finish_reason == "stop"``, so the learner's
-    teacher-forced pass sees exactly the tokens the policy sampled.
-    """
-
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
-    finish_reason: FinishReason
-
-    def __post_init__(self) -> None:
-        if len(self.token_ids) != len(self.logprobs):
-            raise ValueError(f"{len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
 
 
 @dataclass
@@ -112,9 +100,18 @@ class RolloutEngine(Protocol):
         ...
 
     def generate_group(self, prompt: EnginePrompt, group_size: int,
-                       sampling: SamplingSpec) -> list[GeneratedCompletion]:
+                       sampling: SamplingSpec) -> list[Completion]:
         """Sample ``group_size`` completions of one prompt, processed once and shared by all G."""
         ...
+
+
+def check_completion(completion: Completion) -> Completion:
+    """Engines return only completions whose tokens and log-probs line up."""
+    if len(completion.token_ids) != len(completion.behaviour_logprobs):
+        raise ValueError(f"{len(completion.token_ids)} tokens but {len(completion.behaviour_logprobs)} log-probs")
+    if completion.finish_reason not in ("stop", "length"):
+        raise ValueError(f"unknown finish_reason {completion.finish_reason!r}")
+    return completion
 
 
 def named_tensors(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:

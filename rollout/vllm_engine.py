@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stgrl.rollout.engine import EnginePrompt, GeneratedCompletion, SamplingSpec, named_tensors
+from stgrl.actors.wire import Completion
+from stgrl.rollout.engine import EnginePrompt, SamplingSpec, check_completion, named_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +101,7 @@ class VLLMEngine:
                     time.perf_counter() - started)
 
     def generate_group(self, prompt: EnginePrompt, group_size: int,
-                       sampling: SamplingSpec) -> list[GeneratedCompletion]:
+                       sampling: SamplingSpec) -> list[Completion]:
         """Sample ``group_size`` completions with ``n=G``: vLLM prefills the prompt once for all G.
 
         vLLM refuses ``n > 1`` when greedy; the G greedy samples coincide, so one is generated and
@@ -113,7 +114,7 @@ class VLLMEngine:
             n=n, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
             stop_token_ids=self._stop_ids, include_stop_str_in_output=True, logprobs=0, seed=sampling.seed,
-            logit_bias=dict(self._suppress) or None, skip_special_tokens=False,
+            logit_bias=dict(self._suppress) or None, skip_special_tokens=True,
         )
         request: dict[str, Any] = {"prompt_token_ids": prompt.prompt_ids}
         if prompt.images:
@@ -123,9 +124,9 @@ class VLLMEngine:
         for sample in output.outputs:
             ids = list(sample.token_ids)
             logprobs = [float(step[token].logprob) for step, token in zip(sample.logprobs, ids)]
-            completions.append(GeneratedCompletion(
-                token_ids=ids, logprobs=logprobs, text=sample.text,
-                finish_reason="stop" if sample.finish_reason == "stop" else "length"))
+            completions.append(check_completion(Completion(
+                token_ids=ids, behaviour_logprobs=logprobs, text=sample.text,
+                finish_reason="stop" if sample.finish_reason == "stop" else "length")))
         return completions * (group_size // n)
 
 

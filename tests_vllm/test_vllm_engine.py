@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from stgrl.rollout.engine import EnginePrompt, GeneratedCompletion, RolloutEngine, SamplingSpec
+from stgrl.actors.wire import Completion
+from stgrl.rollout.engine import EnginePrompt, RolloutEngine, SamplingSpec
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,11 +33,11 @@ def _teacher_forced(model, prompt_ids: list[int], completion: list[int], tempera
     return logp.gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
-def _max_parity_error(model, prompt: EnginePrompt, group: list[GeneratedCompletion], temperature: float) -> float:
+def _max_parity_error(model, prompt: EnginePrompt, group: list[Completion], temperature: float) -> float:
     worst = 0.0
     for c in group:
         ref = _teacher_forced(model, prompt.prompt_ids, c.token_ids, temperature)
-        worst = max(worst, (ref - torch.tensor(c.logprobs, dtype=torch.float32)).abs().max().item())
+        worst = max(worst, (ref - torch.tensor(c.behaviour_logprobs, dtype=torch.float32)).abs().max().item())
     return worst
 
 
@@ -46,8 +47,8 @@ def test_generates_a_group_with_logprobs(vllm_engine):
     group = vllm_engine.generate_group(_prompt(), 4, spec)
     assert len(group) == 4
     for c in group:
-        assert 1 <= len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
-        assert all(lp <= 0.0 and math.isfinite(lp) for lp in c.logprobs)
+        assert 1 <= len(c.token_ids) <= 12 and len(c.behaviour_logprobs) == len(c.token_ids)
+        assert all(lp <= 0.0 and math.isfinite(lp) for lp in c.behaviour_logprobs)
         assert c.finish_reason in ("stop", "length")
         assert (c.finish_reason == "stop") == (c.token_ids[-1] in vllm_engine.stop_token_ids)
         assert c.finish_reason == "stop" or len(c.token_ids) == 12
@@ -99,4 +100,4 @@ def test_weight_update_in_place_changes_outputs(vllm_engine, hf_reference):
     assert vllm_engine.version == 2
     restored = vllm_engine.generate_group(prompt, 1, greedy)[0]
     assert restored.token_ids == before.token_ids
-    assert restored.logprobs == pytest.approx(before.logprobs, abs=1e-5)
+    assert restored.behaviour_logprobs == pytest.approx(before.behaviour_logprobs, abs=1e-5)
