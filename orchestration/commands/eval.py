@@ -55,6 +55,7 @@ def _run_vstar(args: argparse.Namespace) -> int:
     from stgrl.orchestration.evaluation import vstar
     from stgrl.orchestration.evaluation.judge import make_judge
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's tokenizer notice
     if args.merged is not None:
         if args.predictions is not None:
             log.error("--merged already holds the predictions; drop --predictions")

@@ -489,14 +489,17 @@ def render_tables(report: VStarReport, title: str = "V-STAR") -> list[Any]:
     main.add_row("random", "-", f"{100 * o.random_tiou:.1f}", f"{100 * o.random_viou:.1f}",
                  f"{100 * o.random_tiou:.1f}", f"{100 * o.random_viou:.1f}", "-", "-")
 
-    detail = Table(title="per chain (%)")
-    detail.add_column("chain")
-    cols = ([f"R1@{th:g}" for th in R1_THRESHOLDS] + ["mtIoU"] + [f"AP@{th:g}" for th in AP_THRESHOLDS]
-            + ["mvIoU", "AM", "LGM", "Acc&t", "Acc&v", "t&v", "Acc&t&v"])
-    for col in cols:
-        detail.add_column(col, justify="right")
+    ground = Table(title="grounding per chain (%)")
+    ground.add_column("chain")
+    for col in [f"R1@{th:g}" for th in R1_THRESHOLDS] + ["mtIoU"] + [f"AP@{th:g}" for th in AP_THRESHOLDS] + ["mvIoU"]:
+        ground.add_column(col, justify="right")
+    combined = Table(title="chain scores and joint success (%): t = tIoU ≥ 0.3, v = vIoU ≥ 0.1")
+    combined.add_column("chain")
+    for col in ("AM", "LGM", "Acc&t", "Acc&v", "t&v", "Acc&t&v"):
+        combined.add_column(col, justify="right")
     for c, ch in enumerate(o.chains, start=1):
-        vals = ([ch.r1[f"{th:g}"] for th in R1_THRESHOLDS] + [ch.tiou] + [ch.ap[f"{th:g}"] for th in AP_THRESHOLDS]
-                + [ch.viou, ch.am, ch.lgm, ch.acc_and_tiou, ch.acc_and_viou, ch.tiou_and_viou, ch.acc_tiou_viou])
-        detail.add_row(str(c), *(f"{100 * v:.1f}" for v in vals))
-    return [main, detail]
+        vals = [ch.r1[f"{th:g}"] for th in R1_THRESHOLDS] + [ch.tiou] + [ch.ap[f"{th:g}"] for th in AP_THRESHOLDS]
+        ground.add_row(str(c), *(f"{100 * v:.1f}" for v in vals + [ch.viou]))
+        joint = [ch.am, ch.lgm, ch.acc_and_tiou, ch.acc_and_viou, ch.tiou_and_viou, ch.acc_tiou_viou]
+        combined.add_row(str(c), *(f"{100 * v:.1f}" for v in joint))
+    return [main, ground, combined]
