@@ -704,6 +704,8 @@ def test_podmonitors_scrape_head_and_workers():
 # --------------------------------------------------------------------------- custom resources in code
 
 RESOURCE_DICT = re.compile(r"""(?:\bresources\s*=|["']resources["']\s*:)\s*\{([^{}]*)\}""")
+# Placement-group bundles: placement_group([{"learner": 1, "GPU": 1}] * n) or bundles=[...].
+BUNDLES = re.compile(r"""(?:\bplacement_group\(\s*|\bbundles\s*=\s*)\[([^\]]*)\]""")
 DICT_KEY = re.compile(r"""["'](\w+)["']\s*:""")
 
 
@@ -711,7 +713,7 @@ def requested_resources(sources: dict[str, str]) -> dict[str, set[str]]:
     """Custom resource name -> files requesting it, from literal `resources={"name": n}` dicts."""
     found: dict[str, set[str]] = {}
     for path, text in sources.items():
-        for body in RESOURCE_DICT.findall(text):
+        for body in RESOURCE_DICT.findall(text) + BUNDLES.findall(text):
             for key in DICT_KEY.findall(body):
                 if key not in BUILTIN_RESOURCES:
                     found.setdefault(key, set()).add(path)
@@ -732,9 +734,11 @@ def test_resource_scanner_finds_requests():
         "b.py": "opts = {'num_cpus': 1, 'resources': {'reward': 0.25, 'CPU': 1}}\n",
         "c.py": 'ray.remote(resources = {\n    "learner": 1,\n    "GPU": 1,\n})(Learner)\n',
         "d.py": 'resources = {"cpu": "4"}  # a k8s dict is still a literal dict\nother = {"rollout_x": 1}\n',
+        "e.py": 'pg = placement_group([{"learner": 1, "GPU": 1}] * n, strategy="PACK")\n',
+        "f.py": 'bundles = [{"CPU": 1, "judge": 1} for _ in range(k)]\n',
     }
     assert requested_resources(sample) == {
-        "rollout": {"a.py"}, "reward": {"b.py"}, "learner": {"c.py"}, "cpu": {"d.py"},
+        "rollout": {"a.py"}, "reward": {"b.py"}, "learner": {"c.py", "e.py"}, "cpu": {"d.py"}, "judge": {"f.py"},
     }
 
 
