@@ -1,0 +1,273 @@
+"""Client of the sharded reward service: spreads batches over shards, enforces a deadline per request,
+retries elsewhere, and never loses or double-counts a sample.
+
+Guarantees of `RewardClient.score` (DESIGN 3, "Reward service contract"):
+- every sample gets exactly one Score, returned in input order; samples are deduplicated by id (a
+  repeated id is scored once and its Score returned at every position);
+- a request not answered within `cfg.deadline_s` is re-sent to another shard; every request then
+  still in flight on the late shard is re-sent too, and that shard rests for one deadline. A late answer
+  that arrives first is used, and the other copy's answer is dropped (`duplicate_replies` counts them):
+  scoring is pure, so either copy is the same answer;
+- with Ray actor handles, a failed shard is looked up again (`address()`): a dead actor is dropped for
+  good, a restarted one is reconnected at its new address;
+- a batch that fails `max_attempts` times, or all shards dead, raises `RewardServiceError`.
+
+Not thread-safe: one client per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from stgrl.reward_service import wire
+from stgrl.reward_service.config import RewardConfig
+from stgrl.reward_service.transport import create_socket
+from stgrl.reward_service.types import Score, ScoringSample
+
+log = logging.getLogger(__name__)
+
+
+class RewardServiceError(RuntimeError):
+    """The service could not score a batch (all shards dead, or too many failed attempts)."""
+
+
+@dataclass(eq=False)
+class _Link:
+    """Client-side view of one shard."""
+
+    index: int
+    address: str
+    sock: zmq.Socket
+    handle: Any = None
+    in_flight: set[int] = field(default_factory=set)
+    down_until: float = 0.0
+    dead: bool = False
+    resolving: Any = None  # ObjectRef of a pending address() lookup
+
+
+@dataclass(eq=False)
+class _Job:
+    batch: int
+    attempts: int = 0
+    tried: set[int] = field(default_factory=set)
+
+
+class RewardClient:
+    """Scores batches on reward shards given as Ray actor handles or `tcp://` addresses."""
+
+    def __init__(self, shards: Sequence[Any], cfg: RewardConfig, *, max_in_flight_per_shard: int = 2,
+                 max_attempts: int | None = None, lookup_timeout_s: float = 60.0) -> None:
+        if not shards:
+            raise ValueError("RewardClient needs at least one shard")
+        self.cfg = cfg
+        self.max_in_flight = max_in_flight_per_shard
+        self.max_attempts = max_attempts if max_attempts is not None else max(3, 2 * len(shards))
+        self.duplicate_replies = 0
+        self.retries = 0
+        self._ids = itertools.count(1)
+        self._ctx = zmq.Context()
+        self._poller = zmq.Poller()
+        self._by_sock: dict[zmq.Socket, _Link] = {}
+        addresses = self._addresses(shards, lookup_timeout_s)
+        self._links = []
+        for i, (shard, addr) in enumerate(zip(shards, addresses)):
+            sock, _ = create_socket(self._ctx, zmq.DEALER, connect=addr)
+            link = _Link(index=i, address=addr, sock=sock, handle=None if isinstance(shard, str) else shard)
+            self._links.append(link)
+            self._register(link)
+
+    @staticmethod
+    def _addresses(shards: Sequence[Any], timeout_s: float) -> list[str]:
+        handles = [s for s in shards if not isinstance(s, str)]
+        resolved: list[str] = []
+        if handles:
+            import ray
+
+            resolved = ray.get([h.address.remote() for h in handles], timeout=timeout_s)
+        it = iter(resolved)
+        return [s if isinstance(s, str) else next(it) for s in shards]
+
+    def _register(self, link: _Link) -> None:
+        self._poller.register(link.sock, zmq.POLLIN)
+        self._by_sock[link.sock] = link
+
+    def _disconnect(self, link: _Link) -> None:
+        self._poller.unregister(link.sock)
+        del self._by_sock[link.sock]
+        link.sock.close(0)
+
+    @property
+    def live_shards(self) -> int:
+        return sum(not link.dead for link in self._links)
+
+    # ------------------------------------------------------------------------------ public API
+    def score(self, samples: Sequence[ScoringSample], step: int, total_steps: int) -> list[Score]:
+        """Score `samples` at training `step` of `total_steps`; Scores come back in input order."""
+        for link in self._links:
+            link.in_flight.clear()  # anything left from an aborted call is forgotten
+        unique: dict[str, ScoringSample] = {}
+        for s in samples:
+            unique.setdefault(s.id, s)
+        items = list(unique.values())
+        size = self.cfg.batch_size
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        bodies = [wire.encoder.encode(wire.ScoreRequest(step=step, total_steps=total_steps, samples=b))
+                  for b in batches]
+        results: dict[str, Score] = {}
+        done = [False] * len(batches)
+        remaining = len(batches)
+        queue: deque[_Job] = deque(_Job(i) for i in range(len(batches)))
+        pending: dict[int, tuple[_Job, _Link, float]] = {}
+        sent_batch: dict[int, int] = {}  # every request id of this call -> its batch
+        while remaining:
+            now = time.monotonic()
+            self._refresh(now)
+            self._dispatch(queue, pending, sent_batch, bodies, now)
+            if not pending:
+                self._wait_for_a_shard(now)
+                continue
+            next_deadline = min(d for _, _, d in pending.values())
+            wait_ms = max(0, min(50, int((next_deadline - now) * 1000) + 1))
+            for sock, _ in self._poller.poll(wait_ms):
+                for status, rid, body in self._drain(sock):
+                    batch = sent_batch.get(rid)
+                    job_link = pending.pop(rid, None)
+                    if job_link is not None:
+                        job_link[1].in_flight.discard(rid)
+                    if batch is None:
+                        continue  # a reply from an earlier call
+                    if status != wire.STATUS_OK:
+                        raise RewardServiceError(f"shard rejected a request: {wire.error_decoder.decode(body).message}")
+                    if done[batch]:
+                        self.duplicate_replies += 1
+                        continue
+                    reply = wire.reply_decoder.decode(body)
+                    for sc in reply.scores:
+                        results.setdefault(sc.id, sc)
+                    done[batch] = True
+                    remaining -= 1
+                    self._cancel_copies(batch, pending, sent_batch, queue)
+            self._expire(pending, queue, time.monotonic())
+        return [results[s.id] for s in samples]
+
+    def close(self) -> None:
+        """Close the sockets (pending replies are dropped)."""
+        for link in self._links:
+            if not link.dead:
+                self._disconnect(link)
+                link.dead = True
+        self._ctx.term()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------- internals
+    def _dispatch(self, queue: deque[_Job], pending: dict, sent_batch: dict, bodies: list[bytes], now: float) -> None:
+        while queue:
+            job = queue[0]
+            link = self._pick(job.tried, now)
+            if link is None:
+                return
+            queue.popleft()
+            rid = next(self._ids)
+            link.sock.send_multipart([wire.KIND_SCORE, wire.pack_id(rid), bodies[job.batch]], copy=False)
+            link.in_flight.add(rid)
+            job.tried.add(link.index)
+            pending[rid] = (job, link, now + self.cfg.deadline_s)
+            sent_batch[rid] = job.batch
+
+    def _pick(self, tried: set[int], now: float) -> _Link | None:
+        """A free live shard, preferring one this batch has not tried, then the least loaded."""
+        free = [lk for lk in self._links if not lk.dead and lk.down_until <= now and len(lk.in_flight) < self.max_in_flight]
+        if not free:
+            return None
+        return min(free, key=lambda lk: (lk.index in tried, len(lk.in_flight), lk.index))
+
+    @staticmethod
+    def _drain(sock: zmq.Socket) -> list[tuple[bytes, int | None, bytes]]:
+        out = []
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            if len(frames) == 3:
+                out.append((frames[0], wire.unpack_id(frames[1]), frames[2]))
+            else:
+                log.warning("reward client: dropped a reply with %d frames", len(frames))
+
+    def _cancel_copies(self, batch: int, pending: dict, sent_batch: dict, queue: deque[_Job]) -> None:
+        """The batch is answered: forget other copies still in flight or queued."""
+        for rid in [r for r, (job, _, _) in pending.items() if job.batch == batch]:
+            _, link, _ = pending.pop(rid)
+            link.in_flight.discard(rid)
+        for job in [j for j in queue if j.batch == batch]:
+            queue.remove(job)
+
+    def _expire(self, pending: dict, queue: deque[_Job], now: float) -> None:
+        late = {link for (_, link, deadline) in pending.values() if deadline <= now}
+        for link in late:
+            self._fail(link, pending, queue, now, "missed its deadline")
+
+    def _fail(self, link: _Link, pending: dict, queue: deque[_Job], now: float, why: str) -> None:
+        """Take a shard out for one deadline and re-queue (first) everything in flight on it."""
+        link.down_until = now + self.cfg.deadline_s
+        rids = [r for r, (_, lk, _) in pending.items() if lk is link]
+        log.warning("reward shard %d (%s) %s; retrying %d request(s) elsewhere", link.index, link.address, why,
+                    len(rids))
+        for rid in rids:
+            job, _, _ = pending.pop(rid)
+            link.in_flight.discard(rid)
+            job.attempts += 1
+            self.retries += 1
+            if job.attempts >= self.max_attempts:
+                raise RewardServiceError(f"a batch failed {job.attempts} times (last on shard {link.index}, {why})")
+            queue.appendleft(job)
+        if link.handle is not None and link.resolving is None:
+            link.resolving = link.handle.address.remote()
+
+    def _refresh(self, now: float) -> None:
+        """Apply finished address lookups: drop dead actors, reconnect restarted ones."""
+        for link in self._links:
+            if link.resolving is None or link.dead:
+                continue
+            import ray
+
+            ready, _ = ray.wait([link.resolving], timeout=0)
+            if not ready:
+                continue
+            ref, link.resolving = link.resolving, None
+            try:
+                addr = ray.get(ref)
+            except ray.exceptions.ActorDiedError:
+                log.warning("reward shard %d is dead; continuing with %d shard(s)", link.index, self.live_shards - 1)
+                self._disconnect(link)
+                link.dead = True
+                continue
+            except ray.exceptions.RayActorError:
+                continue  # restarting: the next failure looks it up again
+            if addr != link.address:
+                log.info("reward shard %d moved to %s", link.index, addr)
+                self._disconnect(link)
+                link.sock, link.address = create_socket(self._ctx, zmq.DEALER, connect=addr)
+                link.in_flight.clear()
+                link.down_until = 0.0
+                self._register(link)
+
+    def _wait_for_a_shard(self, now: float) -> None:
+        alive = [lk for lk in self._links if not lk.dead]
+        if not alive:
+            raise RewardServiceError("every reward shard is dead")
+        soonest = min(lk.down_until for lk in alive)
+        time.sleep(min(0.05, max(0.0, soonest - now)) or 0.001)

@@ -1,0 +1,107 @@
+"""The serving loop of one reward shard: a ROUTER socket in its own thread around `score_batch`.
+
+No Ray here (the actor in `service.py` is a thin shell around this), so it runs in-process in tests
+and benchmarks too. Concurrency: the socket is created, used and closed only by the serving thread;
+other threads read `address`, `stats` and call `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import msgspec
+import zmq
+
+from stgrl.reward_service import wire
+from stgrl.reward_service.config import RewardConfig
+from stgrl.reward_service.metrics import ShardStats
+from stgrl.reward_service.rewards import score_batch
+from stgrl.reward_service.transport import DEFAULT_HOST, create_socket
+
+log = logging.getLogger(__name__)
+
+
+class ShardServer:
+    """Serves scoring requests until `stop()`. `on_request(latency_s, n_samples)` (e.g. a metrics
+    exporter) is called after each reply."""
+
+    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, on_request=None) -> None:
+        self.shard_id = shard_id
+        self.cfg = cfg
+        self.stats = ShardStats()
+        self._host = host
+        self._on_request = on_request
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._address: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name=f"reward-shard-{shard_id}", daemon=True)
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start the thread; return the bound endpoint once the socket is listening."""
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._address is None:
+            raise RuntimeError(f"reward shard {self.shard_id} failed to bind: {self._error!r}")
+        return self._address
+
+    @property
+    def address(self) -> str:
+        assert self._address is not None, "call start() first"
+        return self._address
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _serve(self) -> None:
+        ctx = zmq.Context()
+        try:
+            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host)
+        except BaseException as e:  # reported by start()
+            self._error = e
+            self._ready.set()
+            ctx.term()
+            return
+        self._ready.set()
+        log.info("reward shard %d serving on %s", self.shard_id, self._address)
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                frames = sock.recv_multipart(copy=True)
+                t0 = time.perf_counter()
+                reply, n_scored = self._handle(frames[1:])
+                if reply is None:
+                    continue
+                sock.send_multipart([frames[0], *reply])
+                if n_scored and self._on_request is not None:
+                    self._on_request(time.perf_counter() - t0, n_scored)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _handle(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:
+        """One request -> (reply frames, number of samples scored). Frames are None when the request
+        cannot even be answered by id."""
+        if len(frames) != 3:
+            log.warning("reward shard %d: dropped a message with %d frames", self.shard_id, len(frames))
+            return None, 0
+        kind, rid, body = frames
+        if wire.unpack_id(rid) is None:
+            log.warning("reward shard %d: dropped a message with a bad request id", self.shard_id)
+            return None, 0
+        if kind != wire.KIND_SCORE:
+            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=f"unknown kind {kind!r}"))], 0
+        t0 = time.perf_counter()
+        try:
+            req = wire.request_decoder.decode(body)
+        except msgspec.DecodeError as e:
+            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=f"bad request: {e}"))], 0
+        scores = score_batch(req.samples, req.step, req.total_steps, self.cfg)
+        handle_s = time.perf_counter() - t0
+        self.stats.record(handle_s, scores)
+        reply = wire.ScoreReply(shard=self.shard_id, scores=scores, handle_s=handle_s)
+        return [wire.STATUS_OK, rid, wire.encoder.encode(reply)], len(scores)
