@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         record = records[args.index]
     completion, frame_times, model_size, scores = args.completion or "", None, _parse_size(args.frame_size), {}
+    dataset_dir = args.dataset_dir or args.record.parent
     if args.predictions is not None and not args.completion:
         line = next((ln for _, ln in read_predictions(args.predictions) if ln.id == str(record.get("id"))), None)
         if line is None:
@@ -85,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         completion, frame_times, scores = line.completion, line.frame_times or None, line.scores
         model_size = model_size or (tuple(line.frame_size) if line.frame_size else None)
-    path = media_path(record, args.dataset_dir or args.record.parent)
+        if line.dataset_dir and args.dataset_dir is None:
+            dataset_dir = Path(line.dataset_dir)
+    path = media_path(record, dataset_dir)
     if path is None or not path.exists():
         log.error("record %s: media not found (%s)", record.get("id"), path)
         return 2
