@@ -259,9 +259,7 @@ def decode_predictions(raw: Any) -> list[VStarPrediction]:
         raw = [{**v, "id": str(k)} for k, v in raw.items()]
     if not isinstance(raw, list):
         raise ValueError("predictions: expected a JSON list, a JSON-lines file or an {id: answers} map")
-    for r in raw:
-        if isinstance(r, dict) and "id" in r:
-            r["id"] = str(r["id"])
+    raw = [{**r, "id": str(r["id"])} if isinstance(r, dict) and "id" in r else r for r in raw]
     return msgspec.convert(raw, list[VStarPrediction])
 
 
