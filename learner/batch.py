@@ -100,3 +100,29 @@ def minibatches(items: Sequence[T], num_minibatches: int) -> list[list[T]]:
     Ranks with equal shard sizes get identical minibatch counts and sizes.
     """
     return even_split(items, max(1, min(num_minibatches, len(items))))
+
+
+def shard_minibatched(items: Sequence[T], world_size: int, num_minibatches: int) -> list[list[T]]:
+    """Data-parallel shards such that global minibatch ``i`` = the union of every rank's minibatch ``i``.
+
+    The batch is cut into minibatches first (contiguous), and each minibatch is split evenly over
+    ranks; rank ``r``'s shard is its part of minibatch 0, then of minibatch 1, … . A rank that re-splits
+    its shard with :func:`minibatches` gets exactly those parts back, so an ``L``-rank update takes the
+    same optimizer steps on the same sequences as a 1-rank update (when ``len(items)`` is a multiple of
+    ``world_size x num_minibatches``). A remainder that cannot be shared equally is dropped and logged.
+    """
+    per_rank = len(items) // world_size
+    if per_rank == 0:
+        raise ValueError(f"{len(items)} items cannot feed {world_size} ranks")
+    used = per_rank * world_size
+    if used < len(items):
+        logger.warning("dropping %d of %d items so %d ranks get equal shards", len(items) - used, len(items),
+                       world_size)
+    sizes = [len(c) for c in minibatches(range(per_rank), num_minibatches)]
+    shards: list[list[T]] = [[] for _ in range(world_size)]
+    start = 0
+    for size in sizes:
+        for r in range(world_size):
+            shards[r].extend(items[start + r * size:start + (r + 1) * size])
+        start += size * world_size
+    return shards

@@ -1,0 +1,237 @@
+"""Learner ranks as Ray actors (custom resource ``learner``) and the driver-side group that feeds them.
+
+The actor is a thin shell over :class:`~stgrl.learner.engine.LearnerEngine` and the pure-ish step
+functions in :mod:`stgrl.learner.rl` / :mod:`stgrl.learner.sft`; all collectives happen inside the
+ranks. :class:`LearnerGroup` shards each batch (equal group counts per rank, see
+:mod:`stgrl.learner.batch`), calls every rank in the same order and combines their metrics.
+
+Concurrency: a LearnerGroup is driven from one thread; every collective method is sent to all ranks
+before any result is awaited, so ranks never wait on a rank that was not asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from stgrl.learner.batch import RLBatch, ScoredGroup, even_split, shard_for_ranks, shard_minibatched
+from stgrl.learner.config import LearnerConfig
+from stgrl.learner.metrics import combine_rank_metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@ray.remote
+class LearnerRank:
+    """One data-parallel learner rank: sets up torch.distributed itself, owns a DeepSpeed engine.
+
+    Create through :func:`start_learner_group` (placement group, free port, all ranks at once); every
+    rank must be created before any finishes ``__init__`` (rendezvous).
+    """
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
+                 cfg: LearnerConfig | dict[str, Any], seed: int = 0):
+        import torch
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        from stgrl.learner.engine import LearnerEngine, WorldInfo
+
+        self.cfg = cfg if isinstance(cfg, LearnerConfig) else msgspec.convert(cfg, LearnerConfig)
+        self.rank = rank
+        self.engine = LearnerEngine(model_path, self.cfg, WorldInfo(rank, world_size, master_addr, master_port),
+                                    seed=seed)
+        self.publisher: Any = None
+
+    def ready(self) -> dict[str, Any]:
+        """Rank, device and optimizer step — a cheap call to await initialisation."""
+        return {"rank": self.rank, "device": str(next(self.engine.module.parameters()).device),
+                "global_steps": self.engine.global_steps, "pad_id": self.engine.pad_id}
+
+    def train_rl_batch(self, groups: Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
+        """GSPO on this rank's shard: old log-probs once, then ``num_minibatches`` optimizer steps."""
+        from stgrl.learner.rl import rl_update
+
+        t0 = time.perf_counter()
+        metrics = rl_update(self.engine, groups, temperature)
+        metrics["time_step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """One SFT optimizer step on this rank's shard."""
+        from stgrl.learner.sft import sft_step
+
+        t0 = time.perf_counter()
+        metrics = sft_step(self.engine, examples)
+        metrics["time_step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def eval_sft_nll(self, examples: Sequence[dict[str, Any]]) -> tuple[float, float]:
+        """(summed target-token NLL, target tokens) of held-out examples; no collectives."""
+        from stgrl.learner.sft import sft_eval_loss
+
+        return sft_eval_loss(self.engine, examples)
+
+    def eval_sft_loss(self, examples: Sequence[dict[str, Any]]) -> float:
+        """Mean target-token loss of held-out examples on this rank."""
+        nll, n = self.eval_sft_nll(examples)
+        return nll / max(n, 1.0)
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """Gathered CPU state dict on rank 0, ``{}`` elsewhere (collective under ZeRO-3)."""
+        return self.engine.full_state_dict()
+
+    def attach_publisher(self, factory: Callable[[], Any]) -> None:
+        """Build the weight publisher inside this process (rank 0): ``factory()`` must return an object
+        with ``publish(version, state_dict)``, e.g. ``functools.partial(WeightPublisher, ...)``."""
+        self.publisher = factory()
+
+    def publish_weights(self, version: int) -> dict[str, float]:
+        """Gather the full state (every rank) and hand it to the publisher (rank 0); returns timings."""
+        t0 = time.perf_counter()
+        state = self.engine.full_state_dict()
+        t1 = time.perf_counter()
+        if self.publisher is not None and state:
+            self.publisher.publish(version, state)
+        return {"time_gather_s": t1 - t0, "time_publish_s": time.perf_counter() - t1}
+
+    def save_checkpoint(self, root: str, run_state: dict[str, Any]) -> str:
+        return self.engine.save_checkpoint(root, run_state)
+
+    def load_checkpoint(self, root: str) -> dict[str, Any]:
+        return self.engine.load_checkpoint(root)
+
+    def export_hf(self, out_dir: str) -> None:
+        self.engine.export_hf(out_dir)
+
+    def global_steps(self) -> int:
+        return self.engine.global_steps
+
+
+@ray.remote(num_cpus=0)
+def _address_and_free_port() -> tuple[str, int]:
+    """Runs in rank 0's bundle: the node address and a port free there for torch.distributed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class LearnerGroup:
+    """Driver-side handle on ``L`` learner ranks: shards batches, calls all ranks, combines metrics."""
+
+    def __init__(self, handles: list[Any], pg: PlacementGroup | None, num_minibatches: int,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.handles = handles
+        self.num_minibatches = num_minibatches
+        self.placement_group = pg
+        self.timeout_s = timeout_s
+
+    @property
+    def world_size(self) -> int:
+        return len(self.handles)
+
+    def _all(self, method: str, *args, per_rank: Sequence[Any] | None = None) -> list[Any]:
+        refs = [getattr(h, method).remote(*(((per_rank[r],) if per_rank is not None else ()) + args))
+                for r, h in enumerate(self.handles)]
+        return ray.get(refs, timeout=self.timeout_s)
+
+    def train_rl_batch(self, batch: RLBatch | Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
+        """Split the groups evenly over ranks (a remainder is dropped and logged) and take one GSPO
+        update; every rank runs the same number of minibatches, and global minibatch ``i`` is the
+        same set of groups whatever the rank count (:func:`shard_minibatched`)."""
+        groups = list(batch.groups) if isinstance(batch, RLBatch) else list(batch)
+        shards = shard_minibatched(groups, self.world_size, self.num_minibatches)
+        return combine_rank_metrics(self._all("train_rl_batch", temperature, per_rank=shards))
+
+    def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
+        shards = shard_for_ranks(list(getattr(examples, "examples", examples)), self.world_size)
+        return combine_rank_metrics(self._all("train_sft_batch", per_rank=shards))
+
+    def eval_sft_loss(self, examples: Sequence[dict[str, Any]]) -> float:
+        """Exact target-token mean over all held-out examples (shards may differ in size)."""
+        shards = [s for s in even_split(list(getattr(examples, "examples", examples)), self.world_size) if s]
+        refs = [h.eval_sft_nll.remote(s) for h, s in zip(self.handles, shards)]
+        parts = ray.get(refs, timeout=self.timeout_s)
+        return sum(p[0] for p in parts) / max(1.0, sum(p[1] for p in parts))
+
+    def full_state_dict(self) -> dict[str, Any]:
+        return self._all("full_state_dict")[0]
+
+    def attach_publisher(self, factory: Callable[[], Any]) -> None:
+        """Create the weight publisher inside rank 0 (see :meth:`LearnerRank.attach_publisher`)."""
+        ray.get(self.handles[0].attach_publisher.remote(factory), timeout=self.timeout_s)
+
+    def publish_weights(self, version: int) -> dict[str, float]:
+        return combine_rank_metrics(self._all("publish_weights", version))
+
+    def save_checkpoint(self, root: str | Path, run_state: dict[str, Any]) -> str:
+        return self._all("save_checkpoint", str(root), run_state)[0]
+
+    def load_checkpoint(self, root: str | Path) -> dict[str, Any]:
+        return self._all("load_checkpoint", str(root))[0]
+
+    def export_hf(self, out_dir: str | Path) -> None:
+        self._all("export_hf", str(out_dir))
+
+    def global_steps(self) -> int:
+        return self._all("global_steps")[0]
+
+    def shutdown(self) -> None:
+        """Kill the ranks and free their placement group."""
+        for h in self.handles:
+            ray.kill(h)
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+        self.handles = []
+
+
+def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConfig, seed: int = 0, *,
+                        num_gpus_per_rank: float = 0.0, cpus_per_rank: float = 1.0,
+                        env_vars: dict[str, str] | None = None,
+                        timeout_s: float = DEFAULT_TIMEOUT_S) -> LearnerGroup:
+    """Place ``num_ranks`` learner ranks (one bundle each, packed), pick a rendezvous port on rank 0's
+    node, start every rank and wait until all engines are built.
+
+    CPU ranks get ``DS_ACCELERATOR=cpu`` in their environment before DeepSpeed is imported.
+    """
+    bundle: dict[str, float] = {"learner": 1, "CPU": cpus_per_rank}
+    if num_gpus_per_rank:
+        bundle["GPU"] = num_gpus_per_rank
+    pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK")
+    ray.get(pg.ready(), timeout=timeout_s)
+    addr, port = ray.get(_address_and_free_port.options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote(),
+        timeout=timeout_s)
+    env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_rank)))} | (env_vars or {})
+    if not num_gpus_per_rank:
+        env["DS_ACCELERATOR"] = "cpu"
+    cfg_builtins = msgspec.to_builtins(cfg)
+    handles = [
+        LearnerRank.options(
+            num_cpus=cpus_per_rank, num_gpus=num_gpus_per_rank, resources={"learner": 1},
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
+            runtime_env={"env_vars": env}, name=None,
+        ).remote(r, num_ranks, addr, port, str(model_path), cfg_builtins, seed)
+        for r in range(num_ranks)
+    ]
+    group = LearnerGroup(handles, pg, cfg.num_minibatches, timeout_s)
+    try:
+        info = ray.get([h.ready.remote() for h in handles], timeout=timeout_s)
+    except Exception:
+        group.shutdown()
+        raise
+    logger.info("learner group up: %d ranks at %s:%d (%s)", num_ranks, addr, port, info[0]["device"])
+    return group
