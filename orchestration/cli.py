@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "sft",
     "rl",
     "run",
+    "demo",
     "eval",
     "visualize",
     "rewards",

@@ -84,7 +84,7 @@ class RLDriver:
         self.version = 0
         self.start_step = 0
         self.workers: list[Any] = []
-        self.learners: list[Any] = []
+        self.learners: Any = None
         self.reward_handles: list[Any] = []
         self.reward_client: Any = None
         self.receiver: Any = None
@@ -111,18 +111,18 @@ class RLDriver:
         log.info("starting %d reward shard(s), %d learner rank(s), %d rollout worker(s)",
                  cfg.reward.num_shards, cfg.learner.num_ranks, cfg.rollout.num_workers)
         self.reward_handles, self.reward_client = start_reward_service(cfg.reward.num_shards, cfg.reward)
-        self.learners = start_learner_group(cfg.learner.num_ranks, self.model_path, cfg.learner, cfg.run.seed)
+        lcfg = cfg.learner
+        if lcfg.total_steps == 0:  # cosine decay over the whole run's optimizer steps
+            lcfg = msgspec.structs.replace(lcfg, total_steps=cfg.run.total_steps * lcfg.num_minibatches)
+        self.learners = start_learner_group(lcfg.num_ranks, self.model_path, lcfg, cfg.run.seed)
         if self.resume and (self.ckpt_dir / "latest").exists():
-            import ray
-
-            states = ray.get([r.load_checkpoint.remote(str(self.ckpt_dir)) for r in self.learners])
-            state = states[0]
+            state = self.learners.load_checkpoint(self.ckpt_dir)
             self.start_step = int(state["step"]) + 1
             self.version = int(state["policy_version"])
             log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version)
-        self.publisher = WeightPublisher(tcfg.bind_host, tcfg, keys=self.keys)
+        self.publisher = WeightPublisher(tcfg, self.keys)
         self._publish_weights()
-        self.receiver = TrajectoryReceiver(tcfg.bind_host, tcfg, keys=self.keys)
+        self.receiver = TrajectoryReceiver(tcfg, self.keys, auto_commit=True)
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
 
     def _start_worker(self, index: int) -> Any:
@@ -146,10 +146,8 @@ class RLDriver:
         )
 
     def _publish_weights(self) -> float:
-        import ray
-
         t0 = time.perf_counter()
-        state = ray.get(self.learners[0].full_state_dict.remote())
+        state = self.learners.full_state_dict()
         self.publisher.publish(self.version, state)
         return time.perf_counter() - t0
 
@@ -176,13 +174,15 @@ class RLDriver:
         """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            from stgrl.actors.endpoints import TransportTimeout
+
             left = deadline - time.monotonic()
-            item = self.receiver.recv(timeout=max(0.0, min(left, 0.05)))
-            if item is None:
+            try:
+                group, tensors = self.receiver.recv(timeout=max(0.001, min(left, 0.05)))
+            except TransportTimeout:
                 if time.monotonic() >= deadline:
                     return
                 continue
-            group, tensors = item
             bucket = self._buffer[group.step]
             if group.group_id in bucket:
                 self._dupes[group.step] += 1
@@ -266,9 +266,7 @@ class RLDriver:
         return rewards, comps, latency
 
     def _train(self, groups: list[tuple[Any, dict]], rewards: list[list[float]], step: int) -> dict[str, float]:
-        import ray
-
-        from stgrl.learner.batch import RLBatch, ScoredGroup, even_split
+        from stgrl.learner.batch import RLBatch, ScoredGroup
 
         scored = [
             ScoredGroup(model_inputs=tensors, completion_ids=[c.token_ids for c in g.completions],
@@ -276,29 +274,19 @@ class RLDriver:
                         rewards=r, policy_version=g.policy_version, group_id=g.group_id)
             for (g, tensors), r in zip(groups, rewards)
         ]
-        shards = even_split(scored, len(self.learners))
-        results = ray.get([rank.train_rl_batch.remote(RLBatch(groups=shard, step=step))
-                           for rank, shard in zip(self.learners, shards)])
-        out: dict[str, float] = {}
-        for key in results[0]:
-            vals = [r[key] for r in results if key in r and r[key] is not None]
-            if vals:
-                out[key] = sum(vals) if key in ("tokens", "num_groups", "num_sequences", "zero_std_groups") \
-                    else sum(vals) / len(vals)
-        return out
+        # log-probs are of logits / T, T = the sampling temperature (1 when greedy): rollout/engine.py
+        temperature = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
+        return self.learners.train_rl_batch(RLBatch(groups=scored, step=step), temperature=temperature)
 
     def _checkpoint(self, step: int) -> None:
-        import ray
-
         state = {"step": step, "policy_version": self.version, "data_cursor": step + 1,
                  "curriculum_progress": (step + 1) / self.cfg.run.total_steps, "seed": self.cfg.run.seed}
-        ray.get([r.save_checkpoint.remote(str(self.ckpt_dir), state) for r in self.learners])
+        self.learners.save_checkpoint(self.ckpt_dir, state)
         log.info("checkpoint saved at step %d", step)
 
     # ---------------------------------------------------------------- the loop
     def run(self, sink: Any, progress: Any = None) -> dict[str, float]:
         """Train from `start_step` to `total_steps`; returns the last step's metrics."""
-        import ray
 
         cfg = self.cfg
         total = cfg.run.total_steps
@@ -366,7 +354,7 @@ class RLDriver:
             if progress is not None:
                 progress(step, metrics)
         self._checkpoint(total - 1)
-        ray.get([r.export_hf.remote(str(self.run_dir / "rl" / "hf")) for r in self.learners[:1]])
+        self.learners.export_hf(self.run_dir / "rl" / "hf")
         return last
 
     def close(self) -> None:
@@ -374,11 +362,13 @@ class RLDriver:
 
         if self.reward_client is not None:
             self.reward_client.close()
-        for h in [*self.workers, *self.reward_handles, *self.learners]:
+        for h in [*self.workers, *self.reward_handles]:
             try:
                 ray.kill(h)
             except Exception:
                 pass
+        if self.learners:
+            self.learners.shutdown()
         for ch in (self.receiver, self.publisher):
             if ch is not None:
                 ch.close()

@@ -39,7 +39,7 @@ class SFTDriver:
         self.train_records = train_records
         self.eval_records = eval_records[: cfg.sft.eval_samples]
         self.dataset_dir = Path(dataset_dir)
-        self.learners: list[Any] = []
+        self.learners: Any = None
         self.skipped = 0
 
     def start(self) -> None:
@@ -65,26 +65,15 @@ class SFTDriver:
                 log.warning("skipping record %s: %s", r.id, e)
         return out
 
-    def _call(self, method: str, examples: list[dict]) -> list[Any]:
-        import ray
-
-        from stgrl.learner.batch import SFTBatch, even_split
-
-        shards = even_split(examples, len(self.learners))
-        return ray.get([getattr(r, method).remote(SFTBatch(examples=s)) for r, s in zip(self.learners, shards)])
-
     def eval_loss(self) -> float:
-        """Held-out target-token loss (mean over ranks' shards, weighted equally)."""
-        examples = self._examples(self.eval_records)
-        losses: list[float] = []
-        for i in range(0, len(examples), self.cfg.sft.batch_size * len(self.learners)):
-            chunk = examples[i: i + self.cfg.sft.batch_size * len(self.learners)]
-            losses += [float(x) for x in self._call("eval_sft_loss", chunk)]
-        return sum(losses) / max(1, len(losses))
+        """Held-out loss: mean over all target tokens of the held-out examples."""
+        if not hasattr(self, "_eval_examples"):
+            self._eval_examples = self._examples(self.eval_records)
+        return float(self.learners.eval_sft_loss(self._eval_examples))
 
     def run(self, sink: Any, progress: Any = None) -> dict[str, float]:
         cfg = self.cfg
-        per_step = cfg.sft.batch_size * len(self.learners)
+        per_step = cfg.sft.batch_size
         first_eval = self.eval_loss()
         sink.log(0, {"sft/eval_loss": first_eval})
         log.info("SFT held-out loss before training: %.4f", first_eval)
@@ -94,9 +83,8 @@ class SFTDriver:
             records = prompts_for_step(self.train_records, step, per_step, cfg.run.seed)
             examples = self._examples(records)
             t_data = time.perf_counter() - t0
-            results = self._call("train_sft_batch", examples)
-            metrics = {f"sft/{k}": sum(r[k] for r in results) / len(results) for k in results[0]
-                       if isinstance(results[0][k], (int, float))}
+            result = self.learners.train_sft_batch(examples)
+            metrics = {f"sft/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
             metrics["sft/step_time_s"] = time.perf_counter() - t0
             metrics["sft/data_time_s"] = t_data
             if cfg.sft.eval_every and (step + 1) % cfg.sft.eval_every == 0 or step + 1 == cfg.sft.steps:
@@ -109,16 +97,9 @@ class SFTDriver:
         return last
 
     def export(self, out_dir: Path) -> Path:
-        import ray
-
-        ray.get(self.learners[0].export_hf.remote(str(out_dir)))
+        self.learners.export_hf(out_dir)
         return out_dir
 
     def close(self) -> None:
-        import ray
-
-        for h in self.learners:
-            try:
-                ray.kill(h)
-            except Exception:
-                pass
+        if self.learners is not None:
+            self.learners.shutdown()

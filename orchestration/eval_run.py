@@ -1,0 +1,194 @@
+"""`stgrl eval run`: generate held-out answers with the rollout engine (greedy) and score them.
+
+Scores, all written to `<out>/metrics.json` (predictions to `<out>/predictions.jsonl`):
+- the reward components and total, at the *final* curriculum σ (step = total_steps - 1), so a
+  before/after comparison cannot be faked by the curriculum loosening;
+- V-STAR metrics for the spatio-temporal items (one completion answers what/when/where; the same
+  answer serves both chains — the model is asked once, not per chain question);
+- grounding diagnostics (issue 13): claim box IoU and centre error vs the mean-box and random-box
+  baselines, claim time error vs the always-middle baseline;
+- the swapped-video test: target-token loss of each sample's reference answer with its own video vs
+  another sample's video (a model that uses the pixels does worse with the wrong video).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from stgrl.orchestration.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _scoring_sample(record: Any, completion: str, frame_size: tuple[int, int]):
+    from stgrl.reward_service.types import KeyFrame, ScoringSample
+
+    return ScoringSample(
+        id=record.id, task=record.task, completion=completion, frame_size=list(frame_size),
+        answer=record.answer, options=list(record.options) if record.options else None,
+        key_frames=[KeyFrame(k.idx, k.time) for k in record.key_frames], key_items=record.key_items,
+        span=list(record.span) if record.span else None,
+    )
+
+
+def vstar_prediction(record: Any, completion: str, frame_size: tuple[int, int]) -> dict:
+    """V-STAR answers from one completion: the answer text, the span of claim times, boxes by time."""
+    from stgrl.reward_service.parser import parse_completion
+
+    parsed = parse_completion(completion)
+    claims = list(parsed.claims)
+    spatial: dict[str, list[list[float]]] = {}
+    times = []
+    for c in claims:
+        if c.time is None or not math.isfinite(c.time):
+            continue
+        times.append(c.time)
+        spatial.setdefault(f"{c.time:.1f}", []).extend([list(b) for b in c.boxes if b is not None])
+    span = [min(times), max(times)] if times else []
+    answer = parsed.answer or ""
+    return {"id": record.id, "answer_vqa": answer, "answer_temporal": span, "answer_spatial": spatial,
+            "answer_temporal_2": span, "answer_spatial_2": spatial, "frame_size": list(frame_size)}
+
+
+def _target_loss(model, processor, prepared: Any, target: str) -> float:
+    import torch
+
+    from stgrl.rollout.video import sft_tensors
+
+    batch = sft_tensors(prepared, processor, target)
+    with torch.no_grad():
+        out = model(**batch)
+    return float(out.loss)
+
+
+def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], dataset_dir: Path, out_dir: Path,
+                   max_samples: int = 64, swapped: bool = True, max_new_tokens: int | None = None,
+                   vstar_annotations: Path | None = None) -> dict[str, float]:
+    """Greedy generation + scoring on up to `max_samples` held-out records; returns flat metrics."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from stgrl.orchestration.evaluation.grounding import (
+        GroundTruth,
+        claims_from_text,
+        diagnose,
+        swapped_video_test,
+    )
+    from stgrl.reward_service.rewards import score_sample
+    from stgrl.rollout.engine import EnginePrompt, SamplingSpec
+    from stgrl.rollout.hf_engine import HFEngine
+    from stgrl.rollout.prompts import target_text
+    from stgrl.rollout.video import MediaError, VideoCache, prepare_prompt
+
+    torch.set_num_threads(cfg.run.torch_threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = AutoProcessor.from_pretrained(model_path)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
+    engine = HFEngine(model=model, processor=processor)
+    sampling = SamplingSpec(temperature=0.0, max_new_tokens=max_new_tokens or cfg.rollout.max_new_tokens)
+    cache = VideoCache(capacity=1024)
+    records = records[:max_samples]
+    prepared_all, preds, scores = [], [], []
+    final_step = cfg.run.total_steps - 1
+    for rec in records:
+        try:
+            prepared = prepare_prompt(rec, processor, cfg.data, dataset_dir, cache)
+        except MediaError as e:
+            log.warning("eval: skipping %s: %s", rec.id, e)
+            continue
+        comp = engine.generate_group(EnginePrompt(model_inputs=prepared.model_inputs), 1, sampling)[0]
+        score = score_sample(_scoring_sample(rec, comp.text, prepared.frame_size), final_step,
+                             cfg.run.total_steps, cfg.reward)
+        prepared_all.append(prepared)
+        scores.append(score)
+        preds.append({"id": rec.id, "task": rec.task, "completion": comp.text, "question": rec.question,
+                      "answer": rec.answer, "frame_times": prepared.frame_times,
+                      "frame_size": list(prepared.frame_size), "reward_total": score.total,
+                      "reward_components": score.components, "record": msgspec.to_builtins(rec)})
+    with (out_dir / "predictions.jsonl").open("w") as fh:
+        for p in preds:
+            fh.write(json.dumps(p) + "\n")
+
+    metrics: dict[str, float] = {"eval/samples": float(len(scores))}
+    metrics["eval/reward_total"] = sum(s.total for s in scores) / max(1, len(scores))
+    comp_vals: dict[str, list[float]] = {}
+    for s in scores:
+        for k, v in s.components.items():
+            comp_vals.setdefault(k, []).append(v)
+    for k, vals in comp_vals.items():
+        metrics[f"eval/{k}"] = sum(vals) / len(vals)
+
+    # grounding diagnostics on spatio-temporal samples (claims vs ground truth and baselines)
+    st = [(claims_from_text(p["completion"]), GroundTruth.from_record(p["record"], p["frame_size"]))
+          for p in preds if p["task"] == "spatio_temporal"]
+    if st:
+        rep = diagnose(st, seed=cfg.run.seed)
+        for key, value in _flatten("grounding", msgspec.to_builtins(rep)).items():
+            metrics[key] = value
+
+    if swapped and len(prepared_all) >= 2:
+        own, other = [], []
+        n = len(prepared_all)
+        for i, prep in enumerate(prepared_all):
+            rec = prep.record
+            target = target_text(rec, prep.frame_size)
+            own.append(_target_loss(model, processor, prep, target))
+            donor = prepared_all[(i + 1) % n]
+            swapped_rec = msgspec.structs.replace(rec, video_path=donor.record.video_path,
+                                                  image_path=donor.record.image_path)
+            try:
+                sp = prepare_prompt(swapped_rec, processor, cfg.data, dataset_dir, cache)
+            except (MediaError, ValueError):
+                continue
+            if sp.frame_size != prep.frame_size or len(sp.frame_times) != len(prep.frame_times):
+                own.pop()
+                continue
+            other.append(_target_loss(model, processor, sp, target))
+        if own and len(own) == len(other):
+            # losses: lower is better, so "own better" means swapped - own > 0
+            diff = swapped_video_test([-x for x in own], [-x for x in other], seed=cfg.run.seed)
+            metrics["swap/loss_own"] = sum(own) / len(own)
+            metrics["swap/loss_swapped"] = sum(other) / len(other)
+            for key, value in _flatten("swap", msgspec.to_builtins(diff)).items():
+                metrics[key] = value
+
+    if vstar_annotations is not None and Path(vstar_annotations).is_file():
+        from stgrl.orchestration.evaluation.vstar import decode_predictions, evaluate, load_annotations
+
+        items = load_annotations(vstar_annotations)
+        by_id = {p["id"]: p for p in preds}
+        vpreds = [vstar_prediction(_Rec(by_id[i.key]["record"]), by_id[i.key]["completion"],
+                                   tuple(by_id[i.key]["frame_size"]))
+                  for i in items if i.key in by_id]
+        wanted = {p["id"] for p in vpreds}
+        items = [i for i in items if i.key in wanted]
+        if items:
+            report = evaluate(items, decode_predictions(vpreds))
+            (out_dir / "vstar.json").write_text(msgspec.json.encode(report).decode())
+            for key, value in _flatten("vstar", msgspec.to_builtins(report.overall)).items():
+                metrics[key] = value
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+class _Rec:
+    """Attribute view of a record dict (for `vstar_prediction`)."""
+
+    def __init__(self, d: dict) -> None:
+        self.id = d["id"]
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out |= _flatten(f"{prefix}/{k}", v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix] = float(value)
+    return out
