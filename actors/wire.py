@@ -24,13 +24,13 @@ import msgspec
 import torch
 
 from stgrl.actors.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
+from stgrl.reward_service.types import KeyFrame, Score, ScoringSample
 
 __all__ = [
     "Ack",
     "BucketRequest",
     "Completion",
     "Control",
-    "GroundTruth",
     "KeyFrame",
     "ManifestRequest",
     "Message",
@@ -38,6 +38,8 @@ __all__ = [
     "Reject",
     "RewardRequest",
     "RewardResult",
+    "Score",
+    "ScoringSample",
     "TensorEntry",
     "TrajectoryGroup",
     "VersionReport",
@@ -71,30 +73,6 @@ class _Msg(msgspec.Struct, tag_field="kind", **_STRUCT):
 # --- trajectories -------------------------------------------------------------------------------
 
 
-class KeyFrame(msgspec.Struct, **_STRUCT):
-    idx: int
-    time: float
-    """Seconds (true timestamp of the key frame)."""
-
-
-class GroundTruth(msgspec.Struct, **_STRUCT):
-    """What the reward needs from the dataset record (DESIGN 2.1, 3).
-
-    Placeholder until `stgrl.reward_service.types.ScoringSample` exists; same field names.
-    """
-
-    id: str
-    task: str
-    answer: str
-    options: list[str] | None = None
-    key_frames: list[KeyFrame] = msgspec.field(default_factory=list)
-    key_items: dict[str, dict[str, list[list[float]]]] = msgspec.field(default_factory=dict)
-    """``{str(key frame idx): {object name: [[x1, y1, x2, y2], ...]}}``, normalized to [0, 1]."""
-    span: list[float] | None = None
-    frame_size: list[int] = msgspec.field(default_factory=list)
-    """Resized frame ``[W, H]`` in pixels: model boxes are absolute pixels of this size."""
-
-
 class Completion(msgspec.Struct, **_STRUCT):
     token_ids: list[int]
     behaviour_logprobs: list[float]
@@ -117,7 +95,9 @@ class TrajectoryGroup(_Msg, tag="trajectory_group"):
     policy_version: int
     prompt_len: int
     completions: list[Completion]
-    sample: GroundTruth
+    sample: ScoringSample
+    """Ground truth for the reward (``completion`` left empty: one sample serves all G completions;
+    the reward client fills it per completion with ``msgspec.structs.replace``)."""
     frame_size: list[int]
     timings: dict[str, float] = msgspec.field(default_factory=dict)
     rewards: list[float] | None = None
@@ -128,21 +108,20 @@ class TrajectoryGroup(_Msg, tag="trajectory_group"):
 
 
 class RewardRequest(_Msg, tag="reward_request"):
-    """Score ``completions`` of one sample at training ``step`` (the step travels, never a global)."""
+    """Score ``samples`` at training ``step`` (the step travels with the request, never a global).
+
+    The sharded service in `stgrl.reward_service` has its own framing for the same payload types.
+    """
 
     request_id: str
-    sample: GroundTruth
-    completions: list[str]
     step: int
     total_steps: int
+    samples: list[ScoringSample]
 
 
 class RewardResult(_Msg, tag="reward_result"):
     request_id: str
-    totals: list[float]
-    components: list[dict[str, float]]
-    errors: list[list[str]] = msgspec.field(default_factory=list)
-    """Per completion, the components that failed (scored 0)."""
+    scores: list[Score]
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -284,7 +263,7 @@ def decode(
         raise WireError(f"header frame of {header_buf.nbytes} bytes exceeds the limit of {max_frame_bytes}")
     try:
         env = _decoder(expected_type).decode(header_buf)
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, ValueError) as err:  # ValueError: e.g. invalid UTF-8 in a str (fuzz-found)
         raise WireError(f"bad header (expected {_type_name(expected_type)}): {err}") from None
     if len(env.tensors) > max_tensors:
         raise WireError(f"{len(env.tensors)} tensors exceed the limit of {max_tensors}", env.body)
