@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed (default: data.synth_seed)")
     p.add_argument("--difficulty", choices=("easy", "medium", "hard"), default=None,
                    help="difficulty ladder rung (default: data.synth_difficulty)")
+    p.add_argument("--workers", type=int, default=1, help="generator processes (same output for any number)")
     _config_args(p)
     p = sub.add_parser("import-stgr", help="convert Open-o3 Video STGR annotations to our JSONL")
     p.add_argument("input", help="STGR annotation file (JSON list or JSON lines)")
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed if args.seed is not None else d.synth_seed,
             difficulty=args.difficulty or d.synth_difficulty,
             data_cfg=d,
+            workers=args.workers,
         )
         log.info("dataset in %s: %s", out, counts)
         return 0

@@ -28,7 +28,7 @@ class KeyFrame(Struct, forbid_unknown_fields=True):
     time: Annotated[float, Meta(ge=0.0)]
 
 
-class Record(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+class Record(Struct, forbid_unknown_fields=True, kw_only=True):
     """One dataset sample (DESIGN 2.1).
 
     `box_space` says in which coordinates the boxes written inside `reasoning` (and a spatial

@@ -117,6 +117,14 @@ def vstar_item(sample: Sample, difficulty: str) -> dict | None:
     }
 
 
+def _make_and_write(job: tuple[int, int, str, str, DataConfig, str]) -> tuple[Record, dict | None]:
+    """Worker body: one sample, media written, record + V-STAR item returned (picklable)."""
+    i, seed, split, difficulty, data_cfg, out = job
+    sample = make_sample(i, seed, split, difficulty, data_cfg)
+    write_media(sample, Path(out))
+    return sample.record, vstar_item(sample, difficulty)
+
+
 def generate_split(
     out_dir: str | Path,
     split: str,
@@ -125,26 +133,34 @@ def generate_split(
     difficulty: str = "easy",
     data_cfg: DataConfig | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> tuple[list[Record], list[dict]]:
     """Write `count` samples (media + `{split}.jsonl`) under `out_dir`; returns the records and
-    their V-STAR items. Media of samples already on disk are rewritten (same bytes)."""
+    their V-STAR items. Media of samples already on disk are rewritten (same bytes). `workers` > 1
+    generates in processes; the output is identical (each sample has its own RNG)."""
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[Record] = []
     vstar: list[dict] = []
+    from concurrent.futures import ProcessPoolExecutor
+
     from rich.progress import Progress
 
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"{split} ({difficulty})", total=count)
-        for i in range(count):
-            sample = make_sample(i, seed, split, difficulty, data_cfg)
-            write_media(sample, out)
-            records.append(sample.record)
-            item = vstar_item(sample, difficulty)
-            if item is not None:
-                vstar.append(item)
-            bar.advance(job)
+    jobs = [(i, seed, split, difficulty, data_cfg, str(out)) for i in range(count)]
+    pool = ProcessPoolExecutor(workers) if workers > 1 and count > 1 else None
+    try:
+        results = pool.map(_make_and_write, jobs, chunksize=8) if pool else map(_make_and_write, jobs)
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"{split} ({difficulty})", total=count)
+            for record, item in results:
+                records.append(record)
+                if item is not None:
+                    vstar.append(item)
+                bar.advance(task)
+    finally:
+        if pool:
+            pool.shutdown()
     tmp = out / f"{split}.jsonl.tmp"
     with open(tmp, "wb") as f:
         for r in records:
@@ -166,10 +182,11 @@ def generate_dataset(
     difficulty: str = "easy",
     data_cfg: DataConfig | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, int]:
     """`train.jsonl`, `eval.jsonl` (a separate seed stream: held out) and `eval_vstar.json`."""
-    generate_split(out_dir, "train", train, seed, difficulty, data_cfg, progress)
-    _, vstar = generate_split(out_dir, "eval", eval, seed, difficulty, data_cfg, progress)
+    generate_split(out_dir, "train", train, seed, difficulty, data_cfg, progress, workers)
+    _, vstar = generate_split(out_dir, "eval", eval, seed, difficulty, data_cfg, progress, workers)
     write_vstar(vstar, Path(out_dir) / "eval_vstar.json")
     return {"train": train, "eval": eval, "vstar": len(vstar)}
 

@@ -163,3 +163,9 @@ def test_box_check_catches_a_shifted_box_and_an_off_by_one_frame(datasets):
         _check_box(v.frames[k], name, [box[0] + 6, box[1], box[2] + 6, box[3]])
     with pytest.raises(AssertionError):
         _check_box(v.frames[k + 1], name, box)
+
+
+def test_parallel_generation_gives_the_same_files(tmp_path):
+    generate_split(tmp_path / "one", "eval", 6, seed=2, difficulty="easy", progress=False)
+    generate_split(tmp_path / "two", "eval", 6, seed=2, difficulty="easy", progress=False, workers=2)
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
