@@ -22,6 +22,8 @@ class StepEntry(Struct, kw_only=True):
     trained: list[str]
     policy_versions: list[int]
     requeued: list[str] = []
+    skipped: list[str] = []
+    """Prompts the rollout pool could not use (bad media): counted, never trained."""
     duplicates_dropped: int = 0
 
 
@@ -30,10 +32,10 @@ class LedgerError(AssertionError):
 
 
 def check_entry(entry: StepEntry) -> None:
-    """Every assigned prompt trained exactly once, nothing unassigned trained."""
+    """Every assigned prompt trained exactly once (or skipped as bad input), nothing unassigned trained."""
     counts = Counter(entry.trained)
     twice = sorted(p for p, c in counts.items() if c > 1)
-    missing = sorted(set(entry.assigned) - set(counts))
+    missing = sorted(set(entry.assigned) - set(counts) - set(entry.skipped))
     extra = sorted(set(counts) - set(entry.assigned))
     if twice or missing or extra:
         raise LedgerError(

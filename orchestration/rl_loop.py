@@ -54,18 +54,11 @@ def group_id(step: int, pid: str) -> str:
 
 
 def scoring_samples(group: Any) -> list[Any]:
-    """One ScoringSample per completion of a trajectory group (ground truth + completion text)."""
-    from stgrl.reward_service.types import KeyFrame, ScoringSample
+    """One ScoringSample per completion of a trajectory group (its ground truth + completion text).
 
-    gt = group.sample
-    return [
-        ScoringSample(
-            id=f"{group.group_id}#{i}", task=gt.task, completion=c.text, frame_size=list(group.frame_size),
-            answer=gt.answer, options=gt.options, key_frames=[KeyFrame(k.idx, k.time) for k in gt.key_frames],
-            key_items=gt.key_items, span=gt.span,
-        )
-        for i, c in enumerate(group.completions)
-    ]
+    Ids are `group_id#i`: unique per completion, stable across re-sends (reward dedup is by id)."""
+    return [msgspec.structs.replace(group.sample, id=f"{group.group_id}#{i}", completion=c.text)
+            for i, c in enumerate(group.completions)]
 
 
 class RLDriver:
@@ -92,6 +85,7 @@ class RLDriver:
         self._buffer: dict[int, dict[str, tuple[Any, dict]]] = defaultdict(dict)
         self._dupes: dict[int, int] = defaultdict(int)
         self._requeued: dict[int, list[str]] = defaultdict(list)
+        self._skipped: dict[int, list[str]] = defaultdict(list)
         self._assigned: dict[int, list[Any]] = {}
         self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
         self._worker_busy_s: float = 0.0
@@ -126,24 +120,18 @@ class RLDriver:
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
 
     def _start_worker(self, index: int) -> Any:
-        from stgrl.actors.rollout_worker import RolloutWorker
+        """One rollout worker (resource `rollout`); Ray restarts it up to 3 times if it dies."""
+        from stgrl.actors.rollout_worker import RolloutWorkerSpec, rollout_worker_actor
 
         cfg = self.cfg
-        opts: dict[str, Any] = {"resources": {"rollout": 1}, "max_restarts": 3, "max_task_retries": 0}
-        if cfg.rollout.num_gpus_per_worker:
-            opts["num_gpus"] = cfg.rollout.num_gpus_per_worker
-        return RolloutWorker.options(**opts).remote(
-            worker_index=index,
-            model_path=self.model_path,
-            rollout_cfg=msgspec.to_builtins(cfg.rollout),
-            data_cfg=msgspec.to_builtins(cfg.data),
-            transport_cfg=msgspec.to_builtins(cfg.transport),
-            dataset_dir=str(self.dataset_dir),
-            weights_address=self.publisher.address,
-            trajectories_address=self.receiver.address,
-            server_public_key=self.keys.public if self.keys else None,
-            seed=cfg.run.seed,
+        spec = RolloutWorkerSpec(
+            worker_id=f"rollout-{index}", model_path=self.model_path, dataset_dir=str(self.dataset_dir.resolve()),
+            weights_address=self.publisher.address, trajectories_address=self.receiver.address,
+            rollout=cfg.rollout, data=cfg.data, transport=cfg.transport,
+            curve_keys=self.keys, server_public=self.keys.public if self.keys else None,
+            dtype=cfg.model.dtype, seed=cfg.run.seed, torch_threads=cfg.run.torch_threads,
         )
+        return rollout_worker_actor(spec, max_restarts=3, max_task_retries=0)
 
     def _publish_weights(self) -> float:
         t0 = time.perf_counter()
@@ -221,13 +209,17 @@ class RLDriver:
                     continue
             self._inflight[step] = pending
             if not pending:
-                # every call returned; give the last frames a moment to land, then it is a loss
-                self._drain(1.0)
+                # Every call returned, and a worker returns only after the receiver acknowledged each
+                # group it sent: a group still missing was skipped by the worker (bad media, logged
+                # there). It is counted in the ledger, not trained.
+                self._drain(0.2)
                 have = expected & set(self._buffer[step])
-                if have != expected:
-                    missing_ids = sorted(expected - have)
-                    raise PipelineError(f"step {step}: workers returned but groups {missing_ids[:5]} never "
-                                        f"arrived on the trajectory channel {self.receiver.address}")
+                skipped = sorted(expected - have)
+                if skipped:
+                    log.warning("step %d: %d prompt(s) skipped by the rollout pool (bad media): %s",
+                                step, len(skipped), skipped[:5])
+                    self._skipped[step] = [g.split("/", 1)[1] for g in skipped]
+                expected = have
                 break
             if time.monotonic() > deadline:
                 raise PipelineError(f"step {step}: waited {self.cfg.transport.timeout_s * 10:.0f}s for "
@@ -313,7 +305,8 @@ class RLDriver:
             entry = StepEntry(step=step, assigned=[prompt_id(r) for r in self._assigned.pop(step)],
                               trained=[g.prompt_id for g, _ in groups],
                               policy_versions=[g.policy_version for g, _ in groups],
-                              requeued=self._requeued.pop(step, []), duplicates_dropped=self._dupes.pop(step, 0))
+                              requeued=self._requeued.pop(step, []), skipped=self._skipped.pop(step, []),
+                              duplicates_dropped=self._dupes.pop(step, 0))
             self.ledger.record(entry)
             self._buffer.pop(step, None)
             self._inflight.pop(step, None)
