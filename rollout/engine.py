@@ -119,3 +119,17 @@ def named_tensors(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Ite
     if isinstance(weights, Mapping):
         return weights.items()
     return weights
+
+
+def build_engine(kind: Literal["hf", "vllm"], model_path: str, *, dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.5, seed: int = 0) -> RolloutEngine:
+    """The engine named by ``RolloutConfig.engine``; each implementation is imported only when chosen."""
+    if kind == "hf":
+        from stgrl.rollout.hf_engine import HFEngine
+
+        return HFEngine.from_pretrained(model_path, dtype=dtype)
+    if kind == "vllm":
+        from stgrl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+    raise ValueError(f"unknown rollout engine {kind!r}; valid: 'hf', 'vllm'")

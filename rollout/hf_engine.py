@@ -55,7 +55,11 @@ class HFEngine:
     ``AutoModelForCausalLM`` (text-only) loads; ``model``/``tokenizer`` may be passed in instead.
     """
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any = None, *, processor: Any = None) -> None:
+        if tokenizer is None:
+            if processor is None:
+                raise ValueError("HFEngine needs a tokenizer or a processor")
+            tokenizer = processor.tokenizer
         self.model = model.eval()
         self.tokenizer = tokenizer
         vocab = tokenizer.get_vocab()
