@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from stgrl.learner.batch import RLBatch, ScoredGroup, even_split, shard_for_ranks, shard_minibatched
 from stgrl.learner.config import LearnerConfig
 from stgrl.learner.metrics import combine_rank_metrics
+from stgrl.learner.worker import LearnerWorker
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ DEFAULT_TIMEOUT_S = 600.0
 
 
 @ray.remote
-class LearnerRank:
-    """One data-parallel learner rank: sets up torch.distributed itself, owns a DeepSpeed engine.
+class LearnerRank(LearnerWorker):
+    """One data-parallel learner rank as a Ray actor (resource ``learner``): the process shell around
+    :class:`~stgrl.learner.worker.LearnerWorker` (one torch thread per core it was given, logging).
 
     Create through :func:`start_learner_group` (placement group, free port, all ranks at once); every
     rank must be created before any finishes ``__init__`` (rendezvous).
@@ -47,77 +48,7 @@ class LearnerRank:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        from stgrl.learner.engine import LearnerEngine, WorldInfo
-
-        self.cfg = cfg if isinstance(cfg, LearnerConfig) else msgspec.convert(cfg, LearnerConfig)
-        self.rank = rank
-        self.engine = LearnerEngine(model_path, self.cfg, WorldInfo(rank, world_size, master_addr, master_port),
-                                    seed=seed)
-        self.publisher: Any = None
-
-    def ready(self) -> dict[str, Any]:
-        """Rank, device and optimizer step — a cheap call to await initialisation."""
-        return {"rank": self.rank, "device": str(next(self.engine.module.parameters()).device),
-                "global_steps": self.engine.global_steps, "pad_id": self.engine.pad_id}
-
-    def train_rl_batch(self, groups: Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
-        """GSPO on this rank's shard: old log-probs once, then ``num_minibatches`` optimizer steps."""
-        from stgrl.learner.rl import rl_update
-
-        t0 = time.perf_counter()
-        metrics = rl_update(self.engine, groups, temperature)
-        metrics["time_step_s"] = time.perf_counter() - t0
-        return metrics
-
-    def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
-        """One SFT optimizer step on this rank's shard."""
-        from stgrl.learner.sft import sft_step
-
-        t0 = time.perf_counter()
-        metrics = sft_step(self.engine, examples)
-        metrics["time_step_s"] = time.perf_counter() - t0
-        return metrics
-
-    def eval_sft_nll(self, examples: Sequence[dict[str, Any]]) -> tuple[float, float]:
-        """(summed target-token NLL, target tokens) of held-out examples; no collectives."""
-        from stgrl.learner.sft import sft_eval_loss
-
-        return sft_eval_loss(self.engine, examples)
-
-    def eval_sft_loss(self, examples: Sequence[dict[str, Any]]) -> float:
-        """Mean target-token loss of held-out examples on this rank."""
-        nll, n = self.eval_sft_nll(examples)
-        return nll / max(n, 1.0)
-
-    def full_state_dict(self) -> dict[str, Any]:
-        """Gathered CPU state dict on rank 0, ``{}`` elsewhere (collective under ZeRO-3)."""
-        return self.engine.full_state_dict()
-
-    def attach_publisher(self, factory: Callable[[], Any]) -> None:
-        """Build the weight publisher inside this process (rank 0): ``factory()`` must return an object
-        with ``publish(version, state_dict)``, e.g. ``functools.partial(WeightPublisher, ...)``."""
-        self.publisher = factory()
-
-    def publish_weights(self, version: int) -> dict[str, float]:
-        """Gather the full state (every rank) and hand it to the publisher (rank 0); returns timings."""
-        t0 = time.perf_counter()
-        state = self.engine.full_state_dict()
-        t1 = time.perf_counter()
-        if self.publisher is not None and state:
-            self.publisher.publish(version, state)
-        return {"time_gather_s": t1 - t0, "time_publish_s": time.perf_counter() - t1}
-
-    def save_checkpoint(self, root: str, run_state: dict[str, Any]) -> str:
-        return self.engine.save_checkpoint(root, run_state)
-
-    def load_checkpoint(self, root: str) -> dict[str, Any]:
-        return self.engine.load_checkpoint(root)
-
-    def export_hf(self, out_dir: str) -> None:
-        self.engine.export_hf(out_dir)
-
-    def global_steps(self) -> int:
-        return self.engine.global_steps
+        super().__init__(rank, world_size, master_addr, master_port, model_path, cfg, seed)
 
 
 @ray.remote(num_cpus=0)

@@ -10,7 +10,7 @@ import torch
 from stgrl.learner.config import LearnerConfig
 from stgrl.learner.engine import LearnerEngine, WorldInfo
 from stgrl.learner.rl import rl_update
-from stgrl.learner.sft import make_sft_example, sft_eval_loss, sft_step, target_text
+from stgrl.learner.sft import sft_step
 
 WORLD = WorldInfo(master_port=29000 + random.Random().randrange(2000))  # world of 1; port only for init
 
@@ -47,38 +47,6 @@ def test_state_dict_export_roundtrip(vl_model_dir, vl_prompt, make_groups, tmp_p
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").state_dict()
     assert all(torch.equal(reloaded[k], sd[k]) for k in reloaded)
     assert AutoProcessor.from_pretrained(tmp_path / "hf").tokenizer.vocab_size > 0
-
-
-def _sft_examples(vl_prompt, seeds):
-    tok = vl_prompt.processor.tokenizer
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    colours, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "star", "ring"]
-    out = []
-    for s in seeds:
-        rng = random.Random(s)
-        name = f"{rng.choice(colours)} {rng.choice(shapes)}"
-        t = rng.randint(0, 9) / 2
-        reasoning = f"The {name} is at <obj>{name}</obj><box>[{rng.randint(0, 20)},{rng.randint(0, 20)},40,50]</box>at<t>{t}</t>s"
-        ids = tok.encode(target_text(reasoning, f"<t>{t}</t>s to <t>{t + 1}</t>s"), add_special_tokens=False) + [end]
-        out.append(make_sft_example(vl_prompt(seed=s), ids))
-    return out
-
-
-def test_sft_lowers_held_out_loss(vl_model_dir, vl_prompt):
-    eng = LearnerEngine(vl_model_dir, LearnerConfig(lr=3e-3, warmup_steps=2, total_steps=40), WORLD)
-    train = _sft_examples(vl_prompt, range(100, 132))
-    held = _sft_examples(vl_prompt, range(900, 908))
-    assert all((e["labels"] != -100).sum() < e["input_ids"].shape[1] for e in train), "prompt tokens are masked"
-
-    def held_loss():
-        nll, n = sft_eval_loss(eng, held)
-        return nll / n
-
-    start = held_loss()
-    for step in range(40):
-        sft_step(eng, train[(step * 4) % 32:(step * 4) % 32 + 4])
-    end = held_loss()
-    assert end < 0.6 * start, (start, end)
 
 
 # ---- exact resume -----------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The per-rank learner logic behind the Ray actor, and an in-process single-rank twin.
+
+:class:`LearnerWorker` holds one rank's engine and turns shards into steps; every collective method
+must be called on every rank in the same order. :class:`LocalLearner` exposes the driver-side
+interface of :class:`~stgrl.learner.actor.LearnerGroup` for one in-process rank (tests, benchmarks,
+a laptop run without Ray actors).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from stgrl.learner.batch import RLBatch, ScoredGroup
+from stgrl.learner.config import LearnerConfig
+from stgrl.learner.engine import LearnerEngine, WorldInfo
+from stgrl.learner.metrics import combine_rank_metrics
+
+
+class LearnerWorker:
+    """One data-parallel learner rank's logic: sets up torch.distributed itself, owns a DeepSpeed
+    engine, trains on the shard it is handed. No Ray here: :class:`~stgrl.learner.actor.LearnerRank`
+    is the actor shell, :class:`LocalLearner` the in-process single-rank twin."""
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
+                 cfg: LearnerConfig | dict[str, Any], seed: int = 0):
+        self.cfg = cfg if isinstance(cfg, LearnerConfig) else msgspec.convert(cfg, LearnerConfig)
+        self.rank = rank
+        self.engine = LearnerEngine(model_path, self.cfg, WorldInfo(rank, world_size, master_addr, master_port),
+                                    seed=seed)
+        self.publisher: Any = None
+
+    def ready(self) -> dict[str, Any]:
+        """Rank, device and optimizer step — a cheap call to await initialisation."""
+        return {"rank": self.rank, "device": str(next(self.engine.module.parameters()).device),
+                "global_steps": self.engine.global_steps, "pad_id": self.engine.pad_id}
+
+    def train_rl_batch(self, groups: Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
+        """GSPO on this rank's shard: old log-probs once, then ``num_minibatches`` optimizer steps."""
+        from stgrl.learner.rl import rl_update
+
+        t0 = time.perf_counter()
+        metrics = rl_update(self.engine, groups, temperature)
+        metrics["time_step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """One SFT optimizer step on this rank's shard."""
+        from stgrl.learner.sft import sft_step
+
+        t0 = time.perf_counter()
+        metrics = sft_step(self.engine, examples)
+        metrics["time_step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def eval_sft_nll(self, examples: Sequence[dict[str, Any]]) -> tuple[float, float]:
+        """(summed target-token NLL, target tokens) of held-out examples; no collectives."""
+        from stgrl.learner.sft import sft_eval_loss
+
+        return sft_eval_loss(self.engine, examples)
+
+    def eval_sft_loss(self, examples: Sequence[dict[str, Any]]) -> float:
+        """Mean target-token loss of held-out examples on this rank."""
+        nll, n = self.eval_sft_nll(examples)
+        return nll / max(n, 1.0)
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """Gathered CPU state dict on rank 0, ``{}`` elsewhere (collective under ZeRO-3)."""
+        return self.engine.full_state_dict()
+
+    def attach_publisher(self, factory: Callable[[], Any]) -> None:
+        """Build the weight publisher inside this process (rank 0): ``factory()`` must return an object
+        with ``publish(version, state_dict)``, e.g. ``functools.partial(WeightPublisher, ...)``."""
+        self.publisher = factory()
+
+    def publish_weights(self, version: int) -> dict[str, float]:
+        """Gather the full state (every rank) and hand it to the publisher (rank 0); returns timings."""
+        t0 = time.perf_counter()
+        state = self.engine.full_state_dict()
+        t1 = time.perf_counter()
+        if self.publisher is not None and state:
+            self.publisher.publish(version, state)
+        return {"time_gather_s": t1 - t0, "time_publish_s": time.perf_counter() - t1}
+
+    def save_checkpoint(self, root: str, run_state: dict[str, Any]) -> str:
+        return self.engine.save_checkpoint(root, run_state)
+
+    def load_checkpoint(self, root: str) -> dict[str, Any]:
+        return self.engine.load_checkpoint(root)
+
+    def export_hf(self, out_dir: str) -> None:
+        self.engine.export_hf(out_dir)
+
+    def global_steps(self) -> int:
+        return self.engine.global_steps
+
+
+class LocalLearner:
+    """:class:`~stgrl.learner.actor.LearnerGroup`'s interface on one in-process rank (world size 1).
+
+    Initialises torch.distributed (gloo on CPU) in this process on ``port``.
+    """
+
+    def __init__(self, model_path: str | Path, cfg: LearnerConfig, seed: int = 0, port: int = 29500):
+        self.worker = LearnerWorker(0, 1, "127.0.0.1", port, str(model_path), cfg, seed)
+
+    @property
+    def engine(self) -> LearnerEngine:
+        return self.worker.engine
+
+    def train_rl_batch(self, batch: RLBatch | Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
+        groups = list(batch.groups) if isinstance(batch, RLBatch) else list(batch)
+        return combine_rank_metrics([self.worker.train_rl_batch(groups, temperature)])
+
+    def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return combine_rank_metrics([self.worker.train_sft_batch(list(getattr(examples, "examples", examples)))])
+
+    def eval_sft_loss(self, examples: Sequence[dict[str, Any]]) -> float:
+        return self.worker.eval_sft_loss(list(getattr(examples, "examples", examples)))
+
+    def full_state_dict(self) -> dict[str, Any]:
+        return self.worker.full_state_dict()
+
+    def attach_publisher(self, factory: Callable[[], Any]) -> None:
+        self.worker.attach_publisher(factory)
+
+    def publish_weights(self, version: int) -> dict[str, float]:
+        return self.worker.publish_weights(version)
+
+    def save_checkpoint(self, root: str | Path, run_state: dict[str, Any]) -> str:
+        return self.worker.save_checkpoint(str(root), run_state)
+
+    def load_checkpoint(self, root: str | Path) -> dict[str, Any]:
+        return self.worker.load_checkpoint(str(root))
+
+    def export_hf(self, out_dir: str | Path) -> None:
+        self.worker.export_hf(str(out_dir))
+
+    def global_steps(self) -> int:
+        return self.worker.global_steps()
+
+    def shutdown(self) -> None:
+        """Nothing to free beyond the engine; kept for interface parity with LearnerGroup."""
