@@ -13,7 +13,7 @@ from typing import Literal
 
 from msgspec import Struct
 
-from stgrl.rollout.data.scene import COLOURS, SHAPES, Box, Scene
+from stgrl.rollout.data.scene import Box, Difficulty, Scene
 from stgrl.rollout.prompts import claim, fmt_box, fmt_time
 from stgrl.rollout.video import frame_time
 
@@ -51,7 +51,9 @@ class Draft(Struct, kw_only=True):
 class Ctx:
     """Scene + scale from native pixels to the resized frame the model sees."""
 
-    def __init__(self, scene: Scene, rng: random.Random, resized: tuple[int, int], free_form_p: float):
+    def __init__(self, scene: Scene, rng: random.Random, resized: tuple[int, int], free_form_p: float,
+                 level: Difficulty):
+        self.level = level  # distractors come from the level's own palette: no name is a giveaway
         self.scene = scene
         self.rng = rng
         self.sx = resized[0] / scene.width
@@ -100,7 +102,8 @@ class Ctx:
 
     def absent_names(self, k: int) -> list[str]:
         present = {o.name for o in self.scene.objects}
-        pool = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
+        lv = self.level
+        pool = [f"{c} {s}" for c in lv.colours for s in lv.shapes if f"{c} {s}" not in present]
         colours = {o.colour for o in self.scene.objects}
         # Prefer look-alikes (a present colour or shape) so the answer cannot be told by name alone.
         pool.sort(key=lambda n: (n.split()[0] not in colours, n))
@@ -267,9 +270,10 @@ def spatial_where(c: Ctx) -> Draft | None:
 def general_count(c: Ctx) -> Draft | None:
     names = [o.name for o in c.scene.objects if c.shown_visible(o.name)]
     n = len(names)
-    nums = sorted({n, *[x for x in range(max(1, n - 2), n + 4) if x != n]})[:4]
-    if n not in nums:
-        nums = nums[:3] + [n]
+    # Options only from the counts this level can produce: an impossible count would be a giveaway.
+    lo, hi = max(1, c.level.min_objects), c.level.max_objects
+    start = min(max(lo, n - c.rng.randint(0, 3)), max(lo, hi - 3))
+    nums = [x for x in range(start, min(hi, start + 3) + 1)]
     opts, ans = c.mcq(str(n), [str(x) for x in nums])
     firsts = [(c.shown_visible(nm)[0], nm) for nm in names]
     kf, items = c.evidence([(i, [nm]) for i, nm in sorted(firsts)])
@@ -289,7 +293,7 @@ def general_colour(c: Ctx) -> Draft | None:
     name = c.rng.choice(unique)
     o = c.scene.obj(name)
     i = c.shown_visible(name)[0]
-    others = [col for col in COLOURS if col != o.colour]
+    others = [col for col in c.level.colours if col != o.colour]
     c.rng.shuffle(others)
     opts, ans = c.mcq(o.colour, others)
     kf, items = c.evidence([(i, [name])])

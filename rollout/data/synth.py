@@ -50,7 +50,7 @@ def make_sample(index: int, seed: int, split: str, difficulty: str, data_cfg: Da
 
     for _ in range(MAX_TRIES):
         scene = simulate(rng, d, sampler)
-        draft = build(task, Ctx(scene, rng, resized, FREE_FORM_P[difficulty]), TEMPORAL_MCQ_P[difficulty])
+        draft = build(task, Ctx(scene, rng, resized, FREE_FORM_P[difficulty], d), TEMPORAL_MCQ_P[difficulty])
         if draft is not None:
             break
     else:  # pragma: no cover - every task is satisfiable; this guards a future template bug
