@@ -272,6 +272,8 @@ def general_count(c: Ctx) -> Draft | None:
     n = len(names)
     # Options only from the counts this level can produce: an impossible count would be a giveaway.
     lo, hi = max(1, c.level.min_objects), c.level.max_objects
+    if not lo <= n <= hi:  # an object that never found room to appear: draw another scene
+        return None
     start = min(max(lo, n - c.rng.randint(0, 3)), max(lo, hi - 3))
     nums = [x for x in range(start, min(hi, start + 3) + 1)]
     opts, ans = c.mcq(str(n), [str(x) for x in nums])

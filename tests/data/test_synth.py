@@ -169,3 +169,45 @@ def test_parallel_generation_gives_the_same_files(tmp_path):
     generate_split(tmp_path / "one", "eval", 6, seed=2, difficulty="easy", progress=False)
     generate_split(tmp_path / "two", "eval", 6, seed=2, difficulty="easy", progress=False, workers=2)
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
+
+
+@pytest.mark.parametrize("level", ["easy", "medium", "hard"])
+def test_every_option_is_possible_at_its_level(level):
+    """A blind model must not be able to rule options out: option names, colours and counts are
+    all ones the level can produce, and the answer letter is spread over the options."""
+    from stgrl.rollout.data.scene import DIFFICULTIES
+    from stgrl.rollout.data.synth import make_sample
+
+    lv = DIFFICULTIES[level]
+    names = {f"{c} {s}" for c in lv.colours for s in lv.shapes}
+    letters = []
+    for i in range(0, 160):
+        r = make_sample(i, 5, "train", level, CFG).record
+        if not r.options or r.task == "temporal":
+            continue
+        letters.append(r.answer)
+        texts = [o[3:] for o in r.options]
+        if r.question.startswith("How many"):
+            assert all(lv.min_objects <= int(t) <= lv.max_objects for t in texts), texts
+        elif r.question.startswith("What colour"):
+            assert set(texts) <= set(lv.colours)
+        elif r.question.startswith("Which way"):
+            assert sorted(texts) == ["down", "left", "right", "up"]
+        else:
+            assert set(texts) <= names, texts
+    counts = [letters.count(x) for x in "ABCD"]
+    assert min(counts[:2]) > len(letters) / 8, counts
+
+
+def test_cli_synth_check_and_import(tmp_path):
+    from stgrl.orchestration.cli import main
+
+    out = tmp_path / "shapes"
+    assert main(["data", "synth", "--out", str(out), "--train", "4", "--eval", "4", "--difficulty", "easy"]) == 0
+    assert len((out / "train.jsonl").read_text().splitlines()) == 4
+    assert main(["data", "check", str(out / "eval.jsonl")]) == 0
+    stgr = tmp_path / "stgr.json"
+    stgr.write_text(json.dumps([{"task": "temporal QA", "video_path": "v.mp4", "question": "When?",
+                                 "answer": "[1.0, 2.0]", "reasoning_process": "at <t>1.5</t>s"}]))
+    assert main(["data", "import-stgr", str(stgr), "--out", str(tmp_path / "i.jsonl")]) == 0
+    assert json.loads((tmp_path / "i.jsonl").read_text())["span"] == [1.0, 2.0]
