@@ -120,14 +120,28 @@ class VideoCache:
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         self._items: OrderedDict[tuple, DecodedVideo] = OrderedDict()
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
+    def _digest(self, path: Path) -> str:
+        """Content hash, re-read only when the file's size or mtime changed."""
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            digest = self._hashes.get(key)
+        if digest is None:
+            digest = file_hash(path)
+            with self._lock:
+                self._hashes[key] = digest
+        return digest
+
     def get(self, path: Path, data_cfg: DataConfig, still: bool = False) -> DecodedVideo:
+        """Sampled frames of `path` (decoded on first use); raises `MediaError`."""
         if not path.is_file():
             raise MediaError(f"{'image' if still else 'video'} not found: {path}")
-        digest = file_hash(path)
+        digest = self._digest(path)
         key = (digest, still, data_cfg.fps, data_cfg.min_frames, data_cfg.max_frames)
         with self._lock:
             if key in self._items:

@@ -11,6 +11,7 @@ the video sampler shows the model (`sampled`), so every event the questions ask 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Literal
 
 from msgspec import Struct
@@ -135,7 +136,7 @@ def _pick_objects(rng: random.Random, d: Difficulty, n: int) -> list[tuple[str, 
     return pairs[:n]
 
 
-def simulate(rng: random.Random, d: Difficulty, sampled_for: callable) -> Scene:  # type: ignore[valid-type]
+def simulate(rng: random.Random, d: Difficulty, sampled_for: Callable[[int, float], list[int]]) -> Scene:
     """Simulate one scene. `sampled_for(num_frames, native_fps)` returns the native indices the
     video sampler will show (the generator passes the real sampler so both agree)."""
     num_frames = rng.randint(d.min_frames, d.max_frames)
