@@ -134,12 +134,14 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
 
     if swapped and len(prepared_all) >= 2:
         own, other = [], []
-        n = len(prepared_all)
         for i, prep in enumerate(prepared_all):
             rec = prep.record
             target = target_text(rec, prep.frame_size)
             own.append(_target_loss(model, processor, prep, target))
-            donor = prepared_all[(i + 1) % n]
+            donor = _donor(prepared_all, i)
+            if donor is None:
+                own.pop()
+                continue
             swapped_rec = msgspec.structs.replace(rec, video_path=donor.record.video_path,
                                                   image_path=donor.record.image_path)
             try:
@@ -175,6 +177,19 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
                 metrics[key] = value
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _donor(prepared: list[Any], i: int) -> Any | None:
+    """Another sample whose media is of the same kind (video or still) and frame count as sample i."""
+    me = prepared[i]
+    n = len(prepared)
+    for k in range(1, n):
+        other = prepared[(i + k) % n]
+        if (other.record.media_path != me.record.media_path
+                and (other.record.video_path is None) == (me.record.video_path is None)
+                and len(other.frame_times) == len(me.frame_times) and other.frame_size == me.frame_size):
+            return other
+    return None
 
 
 class _Rec:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 NAME = "eval"
-HELP = "evaluate predictions (V-STAR metrics, grounding diagnostics)"
+HELP = "evaluate a checkpoint on held-out data, or score predictions (V-STAR, grounding diagnostics)"
 DESCRIPTION = """\
 Evaluate model predictions.
 
+  stgrl eval run --config configs/demo.yaml --model runs/demo/rl/hf -o runs/demo/eval/rl
   stgrl eval vstar --annotations eval_vstar.json --predictions preds.json -o metrics.json
   stgrl eval vstar --merged reference_results.json     # the reference evaluator's merged list
   stgrl eval grounding --predictions run/eval/predictions.jsonl [--swapped run/eval/swapped.jsonl]
@@ -133,7 +134,47 @@ def _run_grounding(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_run(p: argparse.ArgumentParser) -> None:
+    from stgrl.orchestration.commands.config import add_config_arguments
+
+    add_config_arguments(p)
+    p.add_argument("--model", required=True, help="HF checkpoint to evaluate (e.g. runs/demo/rl/hf)")
+    p.add_argument("--data", default=None, help="held-out JSONL (default: data.eval of the config)")
+    p.add_argument("--vstar", default=None,
+                   help="V-STAR annotations of the same split (default: eval_vstar.json beside --data, if any)")
+    p.add_argument("--max-samples", type=int, default=64, help="held-out samples to evaluate (default 64)")
+    p.add_argument("--no-swap", action="store_true", help="skip the swapped-video test")
+    p.add_argument("-o", "--out", default="eval_out", help="output directory (predictions.jsonl, metrics.json)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.eval_run import evaluate_model
+    from stgrl.orchestration.stage_support import check_model_path, load_split
+
+    cfg = load_config(args.config, args.overrides)
+    check_model_path(cfg, args.model)
+    data = args.data or cfg.data.eval
+    records, dataset_dir = load_split(data, "eval")
+    vstar = Path(args.vstar) if args.vstar else Path(data).parent / "eval_vstar.json"
+    metrics = evaluate_model(cfg, args.model, records, dataset_dir, Path(args.out), max_samples=args.max_samples,
+                             swapped=not args.no_swap, vstar_annotations=vstar if vstar.is_file() else None)
+    table = Table(title=f"held-out evaluation of {args.model}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    Console().print(table)
+    log.info("predictions and metrics written to %s", args.out)
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("run", "generate held-out answers (greedy) with a checkpoint and score them: rewards at the "
+               "final curriculum σ, V-STAR, grounding vs baselines, swapped-video test", _configure_run, _run_run),
     Subcommand("vstar", "V-STAR metrics: Acc, tIoU/vIoU per chain, AP, R1, mAM, mLGM",
                _configure_vstar, _run_vstar),
     Subcommand("grounding", "claimed boxes/times vs mean-box, random-box and middle-of-video baselines; "
