@@ -20,14 +20,16 @@ reward component (the reference re-parses per component).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 _TAG = re.compile(r"<(/?)(think|answer|obj|box|t)>")
-_NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?)\s*")
+_NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?)"
+_NUMBER = re.compile(rf"\s*{_NUM}\s*")
+_BOX = re.compile(rf"\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]\s*")
 _CLAIM_AT = re.compile(r"\s*at\s*")
 _OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
@@ -66,24 +68,6 @@ class Claim:
         return self.time is not None and all(b is not None for b in self.boxes)
 
 
-@dataclass(slots=True)
-class ParsedCompletion:
-    """Everything the reward components need from one completion, parsed once."""
-
-    think: str | None
-    """Text of the first `<think>…</think>` block, None if absent or unclosed."""
-    answer: str | None
-    """Text of the first `<answer>…</answer>` block, None if absent or unclosed."""
-    well_formed: bool
-    """`<think>…</think>` then `<answer>…</answer>`, each exactly once, and `<obj>`, `<box>`, `<t>`
-    balanced inside the think."""
-    claims: list[Claim] = field(default_factory=list)
-    think_times: list[float | None] = field(default_factory=list)
-    """Every `<t>X</t>` in the think, in order (None where X is not a finite number)."""
-    answer_times: list[float | None] = field(default_factory=list)
-    answer_boxes: list[list[float] | None] = field(default_factory=list)
-
-
 def parse_number(text: str) -> float | None:
     """A finite decimal number (optionally signed, with exponent) or None. Never raises."""
     if len(text) > MAX_NUMBER_CHARS:
@@ -97,22 +81,14 @@ def parse_number(text: str) -> float | None:
 
 def parse_box(text: str) -> list[float] | None:
     """`[x1, y1, x2, y2]` (four finite numbers) or None. Inverted boxes are returned as written:
-    the IoU step scores them 0."""
+    the IoU step scores them 0. One bounded regex match (boxes hold most of the numbers)."""
     if len(text) > MAX_BOX_CHARS:
         return None
-    s = text.strip()
-    if len(s) < 2 or s[0] != "[" or s[-1] != "]":
+    m = _BOX.fullmatch(text)
+    if m is None:
         return None
-    parts = s[1:-1].split(",")
-    if len(parts) != 4:
-        return None
-    out = []
-    for p in parts:
-        v = parse_number(p)
-        if v is None:
-            return None
-        out.append(v)
-    return out
+    box = [float(g) for g in m.groups()]
+    return box if all(map(math.isfinite, box)) else None
 
 
 def tokenize_tags(text: str) -> Tags:
@@ -193,37 +169,72 @@ def _pairs(text: str, tags: Tags, lo: int, hi: int, opening: str, closing: str) 
     return [text[end[i] : start[i + 1]] for i in range(lo, hi - 1) if kind[i] == opening and kind[i + 1] == closing]
 
 
-def _well_formed(kinds: list[str], think: tuple[int, int] | None, answer: tuple[int, int] | None) -> bool:
-    if think is None or answer is None or not think[1] < answer[0]:
-        return False
-    if Counter(k for k in kinds if k in _BLOCK_TAGS) != _ONE_EACH:
-        return False
-    inner = Counter(kinds[think[0] + 1 : think[1]])
-    return all(inner[f"<{n}>"] == inner[f"</{n}>"] for n in ("obj", "box", "t"))
+class ParsedCompletion:
+    """Everything the reward components need from one completion. The text is tokenized once here;
+    each part (claims, times, boxes) is read from the tags on first use, so a task that needs no
+    claims never builds them."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tags = tokenize_tags(text)
+        kinds = self.tags.kind
+        self._think = _first_block(kinds, "think")
+        self._answer = _first_block(kinds, "answer")
 
-_BLOCK_TAGS = frozenset({"<think>", "</think>", "<answer>", "</answer>"})
-_ONE_EACH = Counter(_BLOCK_TAGS)
+    def _slice(self, block: tuple[int, int] | None) -> str | None:
+        return None if block is None else self.text[self.tags.end[block[0]] : self.tags.start[block[1]]]
+
+    @functools.cached_property
+    def think(self) -> str | None:
+        """Text of the first `<think>…</think>` block, None if absent or unclosed."""
+        return self._slice(self._think)
+
+    @functools.cached_property
+    def answer(self) -> str | None:
+        """Text of the first `<answer>…</answer>` block, None if absent or unclosed."""
+        return self._slice(self._answer)
+
+    @functools.cached_property
+    def well_formed(self) -> bool:
+        """`<think>…</think>` then `<answer>…</answer>`, each exactly once, and `<obj>`, `<box>`, `<t>`
+        balanced inside the think."""
+        think, answer, kinds = self._think, self._answer, self.tags.kind
+        if think is None or answer is None or not think[1] < answer[0]:
+            return False
+        if any(kinds.count(k) != 1 for k in ("<think>", "</think>", "<answer>", "</answer>")):
+            return False
+        inner = kinds[think[0] + 1 : think[1]]
+        return all(inner.count(f"<{n}>") == inner.count(f"</{n}>") for n in ("obj", "box", "t"))
+
+    @functools.cached_property
+    def claims(self) -> list[Claim]:
+        if self._think is None:
+            return []
+        return _parse_claims(self.text, self.tags, self._think[0] + 1, self._think[1])
+
+    @functools.cached_property
+    def think_times(self) -> list[float | None]:
+        """Every `<t>X</t>` in the think, in order (None where X is not a finite number)."""
+        if self._think is None:
+            return []
+        return [parse_number(x) for x in _pairs(self.text, self.tags, self._think[0] + 1, self._think[1], "<t>", "</t>")]
+
+    @functools.cached_property
+    def answer_times(self) -> list[float | None]:
+        if self._answer is None:
+            return []
+        return [parse_number(x) for x in _pairs(self.text, self.tags, self._answer[0] + 1, self._answer[1], "<t>", "</t>")]
+
+    @functools.cached_property
+    def answer_boxes(self) -> list[list[float] | None]:
+        if self._answer is None:
+            return []
+        return [parse_box(x) for x in _pairs(self.text, self.tags, self._answer[0] + 1, self._answer[1], "<box>", "</box>")]
 
 
 def parse_completion(text: str) -> ParsedCompletion:
     """Parse a completion once; every reward component reads the result. Never raises on str input."""
-    tags = tokenize_tags(text)
-    start, end, kind = tags
-    think = _first_block(kind, "think")
-    answer = _first_block(kind, "answer")
-    out = ParsedCompletion(
-        think=text[end[think[0]] : start[think[1]]] if think else None,
-        answer=text[end[answer[0]] : start[answer[1]]] if answer else None,
-        well_formed=_well_formed(kind, think, answer),
-    )
-    if think is not None:
-        out.claims = _parse_claims(text, tags, think[0] + 1, think[1])
-        out.think_times = [parse_number(x) for x in _pairs(text, tags, think[0] + 1, think[1], "<t>", "</t>")]
-    if answer is not None:
-        out.answer_times = [parse_number(x) for x in _pairs(text, tags, answer[0] + 1, answer[1], "<t>", "</t>")]
-        out.answer_boxes = [parse_box(x) for x in _pairs(text, tags, answer[0] + 1, answer[1], "<box>", "</box>")]
-    return out
+    return ParsedCompletion(text)
 
 
 def parse_option_letter(text: str) -> str | None:

@@ -19,8 +19,19 @@ from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import ShardStats
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.transport import DEFAULT_HOST, create_socket
+from stgrl.reward_service.types import TASKS, KeyFrame, ScoringSample
 
 log = logging.getLogger(__name__)
+
+
+def warm_up_samples() -> list[ScoringSample]:
+    """One small well-formed sample per task (free-form and multiple-choice answers)."""
+    claim = "<obj>car</obj><box>[1,1,5,5]</box>at<t>1.0</t>s"
+    return [ScoringSample(id=f"warm-up-{t}", task=t, frame_size=[10, 10], answer="a red car turning left",
+                          options=["A. x"] if t == "temporal" else None, span=[0.0, 2.0],
+                          completion=f"<think>{claim}</think><answer>red cars turned <t>0</t>s to <t>2</t>s</answer>",
+                          key_frames=[KeyFrame(0, 1.0)], key_items={"0": {"car": [[0.1, 0.1, 0.5, 0.5]]}})
+            for t in TASKS]
 
 
 class ShardServer:
@@ -40,7 +51,11 @@ class ShardServer:
         self._thread = threading.Thread(target=self._serve, name=f"reward-shard-{shard_id}", daemon=True)
 
     def start(self, timeout_s: float = 10.0) -> str:
-        """Start the thread; return the bound endpoint once the socket is listening."""
+        """Warm up, start the thread; return the bound endpoint once the socket is listening.
+
+        Warm-up scores one sample of every task first, so lazy imports and scorer construction
+        (~1 s for the stemmer on a busy machine) never eat into the first request's deadline."""
+        score_batch(warm_up_samples(), 0, 1, self.cfg)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._address is None:
             raise RuntimeError(f"reward shard {self.shard_id} failed to bind: {self._error!r}")

@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 from stgrl.reward_service.config import RewardConfig, RewardWeights
 from stgrl.reward_service.geometry import box_iou, interval_iou, match_score, match_score_scipy
 from stgrl.reward_service.rewards import score_batch, score_sample
-from stgrl.reward_service.text import normalize_object_name, rouge_mean_f1
+from stgrl.reward_service.text import normalize_object_name, rouge_library_mean_f1, rouge_mean_f1
 from stgrl.reward_service.types import KeyFrame, ScoringSample
 
 CFG = RewardConfig()
@@ -100,6 +100,15 @@ def test_accuracy_free_form_rouge_by_hand_and_against_the_library():
         assert rouge_mean_f1(ref, hyp) == pytest.approx(want, abs=1e-12)
     assert comps(st(think("x", answer="the cat"), answer="the cat sat"))["answer_accuracy"] == pytest.approx(
         (0.8 + 2 / 3 + 0.8) / 3)
+
+
+def test_fast_rouge_equals_the_library_on_random_texts():
+    rng = random.Random(7)
+    words = "the a dog dogs running runs ran car cars red blue x y 1 2 3 over under jumps jumping !,.".split()
+    for _ in range(400):
+        ref = " ".join(rng.choices(words, k=rng.randint(0, 25)))
+        hyp = " ".join(rng.choices(words, k=rng.randint(0, 70)))  # > 64 tokens: multi-word bit masks
+        assert rouge_mean_f1(ref, hyp) == pytest.approx(rouge_library_mean_f1(ref, hyp), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------- temporal task

@@ -11,7 +11,7 @@ from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.types import COMPONENTS
 
-CFG = RewardConfig(batch_size=16, deadline_s=1.0)
+CFG = RewardConfig(batch_size=16, deadline_s=2.0)
 
 
 @pytest.mark.timeout(120)
@@ -43,7 +43,13 @@ def test_kill_one_shard_mid_stream_every_request_answered_once(ray_cluster, samp
             step += 1
             assert step < 200, "the kill never happened"
         assert len(answered) == len(set(answered)) == 96 * step  # every request exactly once
-        assert client.live_shards == 1 and client.retries >= 1  # the dead shard had requests in flight
+        assert client.retries >= 1  # the dead shard had requests in flight or was sent some after dying
+        # the client learns the shard is dead from Ray (its address() lookup fails) and drops it
+        give_up = time.monotonic() + 60
+        while client.live_shards != 1 and time.monotonic() < give_up:
+            assert len(client.score(samples_of(8, seed=step, prefix="probe-"), 0, 40)) == 8
+            time.sleep(0.1)
+        assert client.live_shards == 1
         stats = ray.get(handles[1].stats.remote(), timeout=30)
         assert stats["samples"] > 0 and stats["requests"] > 0 and stats["requests_per_s"] > 0
         assert 0 < stats["latency_s"]["p50"] <= stats["latency_s"]["p99"]
