@@ -294,7 +294,7 @@ class WeightSubscriber:
         limit = self.cfg.timeout_s if timeout is None else timeout
         t0 = time.perf_counter()
         for _attempt in range(3):  # a newer version may supersede the one being pulled
-            self._send(ManifestRequest(None))
+            self._send(ManifestRequest(None), limit)
             msg, _ = self._wait(limit, "weight manifest", (WeightManifest, NoVersion))
             if isinstance(msg, NoVersion):
                 log.debug("publisher %s has nothing to serve: %s", self.address, msg.reason)
@@ -326,7 +326,7 @@ class WeightSubscriber:
         while todo or outstanding:
             while todo and len(outstanding) < self.cfg.weight_window:
                 i = todo.pop(0)
-                self._send(BucketRequest(manifest.version, i))
+                self._send(BucketRequest(manifest.version, i), limit)
                 outstanding.add(i)
             msg, tensors = self._wait(limit, f"bucket of weight version {manifest.version}",
                                       (WeightBucket, NoVersion))
@@ -365,8 +365,18 @@ class WeightSubscriber:
             self._staging = torch.empty(nbytes, dtype=torch.uint8)
         return self._staging
 
-    def _send(self, msg: msgspec.Struct) -> None:
-        self._client.sock.send_multipart(encode(msg))
+    def _send(self, msg: msgspec.Struct, limit: float | None = None) -> None:
+        """Send a request, waiting at most ``limit`` s for the socket to accept it (a DEALER with no
+        live connection blocks); ``limit=None``: best effort, drop if it would block."""
+        sock = self._client.sock
+        if limit is not None and not sock.poll(max(1, int(limit * 1000)), zmq.POLLOUT):
+            raise self._client.timeout(f"connection ready for a {type(msg).__name__}", limit)
+        try:
+            sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            if limit is not None:
+                raise self._client.timeout(f"room for a {type(msg).__name__}", limit) from None
+            log.debug("dropped %s to %s: socket busy", type(msg).__name__, self.address)
 
     def _wait(self, limit: float, what: str, wanted: tuple[type, ...]) -> tuple[msgspec.Struct, dict]:
         """Next reply of a wanted type within ``limit`` s; other (stale) replies are dropped."""

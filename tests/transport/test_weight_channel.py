@@ -1,0 +1,238 @@
+"""Weight channel over real sockets and Ray actors: bit-exact versions in verified buckets, refusal of
+a corrupted version, late joiners, reports and timeouts that name the peer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import ray
+import torch
+import xxhash
+import zmq
+
+from stgrl.actors.endpoints import TransportTimeout
+from stgrl.actors.security import CurveKeys, generate_keypair
+from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
+from stgrl.actors.wire import WeightBucket, WireError, decode
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def keys() -> CurveKeys:
+    return CurveKeys(*generate_keypair())
+
+
+def state_dict(version: int) -> dict[str, torch.Tensor]:
+    """A small model's worth of tensors: mixed dtypes, one tensor bigger than a 1 MiB bucket."""
+    g = torch.Generator().manual_seed(version)
+    return {
+        "embed.weight": torch.randn(1024, 384, generator=g).to(torch.bfloat16),  # 768 KiB
+        "layers.0.attn.q.weight": torch.randn(700, 500, generator=g),              # 1.3 MiB: spans buckets
+        "layers.0.attn.q.bias": torch.randn(500, generator=g).to(torch.float16),
+        "layers.0.norm.weight": torch.randn(384, 2, generator=g)[:, 0],            # non-contiguous
+        "rotary.inv_freq": torch.randn(32, generator=g, dtype=torch.float64),
+        "position_ids": torch.arange(77 + version, dtype=torch.int64),
+        "mask": torch.rand(13, generator=g) > 0.5,
+        "scale": torch.tensor(float(version)),
+        "empty": torch.empty(0, 3, dtype=torch.bfloat16),
+    }
+
+
+def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for k, t in want.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape, k
+        assert torch.equal(got[k].reshape(-1).view(torch.uint8), t.contiguous().reshape(-1).view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("curve, reuse", [("on", False), ("off", True)])
+def test_versions_arrive_bit_exact_and_are_reported(tx, keys, curve, reuse):
+    cfg = tx.small_cfg(curve=curve, weight_window=2)
+    pub = WeightPublisher(cfg, keys)
+    sub = WeightSubscriber(pub.address, cfg, keys, server_public=keys.public if pub.curve else None,
+                           subscriber_id="w0", reuse_buffer=reuse)
+    try:
+        assert pub.curve == (curve == "on")
+        assert sub.poll_latest(5) is None and sub.current_version is None  # nothing published yet
+        manifest = pub.publish(1, state_dict(1))
+        assert len(manifest.bucket_checksums) >= 3
+        version, got = sub.poll_latest(5)
+        assert version == 1 == sub.current_version
+        _assert_same(got, state_dict(1))
+        assert sub.poll_latest(5) is None                                  # nothing newer
+        pub.publish(2, state_dict(2))
+        version, got = sub.poll_latest(5)
+        assert version == 2
+        _assert_same(got, state_dict(2))
+        for _ in range(100):  # the report is fire-and-forget
+            if pub.subscriber_versions() == {"w0": 2}:
+                break
+            time.sleep(0.05)
+        assert pub.subscriber_versions() == {"w0": 2}
+        with pytest.raises(ValueError, match="not newer"):
+            pub.publish(2, state_dict(2))
+    finally:
+        sub.close()
+        pub.close()
+
+
+class CorruptingProxy:
+    """A real man-in-the-middle: forwards subscriber <-> publisher, flips one byte of one bucket once."""
+
+    def __init__(self, upstream: str, bucket: int, on_first_request=None) -> None:
+        self.on_first_request, self.requests = on_first_request, 0
+        self.ctx = zmq.Context()
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
+        self.back = self.ctx.socket(zmq.DEALER)
+        self.back.connect(upstream)
+        self.bucket, self.corrupted, self.peer = bucket, 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(50))
+            if self.front in ready:
+                self.peer, *frames = self.front.recv_multipart()
+                self.requests += 1
+                if self.requests == 2 and self.on_first_request is not None:  # first bucket request
+                    self.on_first_request()
+                self.back.send_multipart(frames)
+            if self.back in ready:
+                frames = self.back.recv_multipart()
+                try:
+                    msg, _ = decode(frames, WeightBucket, max_frame_bytes=1 << 30, max_tensors=64)
+                except WireError:
+                    msg = None
+                if msg is not None and msg.index == self.bucket and not self.corrupted:
+                    data = bytearray(frames[-1])
+                    data[len(data) // 2] ^= 0x01
+                    frames[-1] = bytes(data)
+                    self.corrupted += 1
+                self.front.send_multipart([self.peer, *frames])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.front.close(0)
+        self.back.close(0)
+        self.ctx.term()
+
+
+def test_a_version_with_one_corrupted_bucket_is_refused_and_the_previous_stays(tx):
+    cfg = tx.small_cfg(curve="off")
+    pub = WeightPublisher(cfg)
+    proxy = CorruptingProxy(pub.address, bucket=1)
+    sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
+    try:
+        pub.publish(1, state_dict(1))
+        proxy.corrupted = 1  # let version 1 through untouched
+        _, v1 = sub.poll_latest(5)
+        snapshot = {k: t.clone() for k, t in v1.items()}
+        proxy.corrupted = 0
+        pub.publish(2, state_dict(2))
+        with pytest.raises(WeightVerificationError,
+                           match=rf"bucket 1 of version 2 from tcp://127.0.0.1:{proxy.port} failed its "
+                                 r"checksum; version refused, keeping version 1"):
+            sub.poll_latest(5)
+        assert proxy.corrupted == 1
+        assert sub.current_version == 1
+        _assert_same(v1, snapshot)                       # the active weights were not touched
+        version, v2 = sub.poll_latest(5)                 # a clean retry applies the new version
+        assert version == 2 == sub.current_version
+        _assert_same(v2, state_dict(2))
+    finally:
+        sub.close()
+        proxy.close()
+        pub.close()
+
+
+def test_a_version_superseded_while_pulling_is_replaced_by_the_newer_one(tx):
+    cfg = tx.small_cfg(curve="off", weight_window=1)
+    pub = WeightPublisher(cfg)
+    proxy = CorruptingProxy(pub.address, bucket=-1, on_first_request=lambda: pub.publish(2, state_dict(2)))
+    sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
+    try:
+        pub.publish(1, state_dict(1))
+        version, got = sub.poll_latest(5)  # started on version 1, which vanished under it
+        assert version == 2
+        _assert_same(got, state_dict(2))
+    finally:
+        sub.close()
+        proxy.close()
+        pub.close()
+
+
+def test_waits_time_out_with_the_publishers_address(tx):
+    cfg = tx.small_cfg(curve="off")
+    pub = WeightPublisher(cfg)
+    address = pub.address
+    pub.close()  # nobody serves there any more
+    sub = WeightSubscriber(address, cfg)
+    try:
+        with pytest.raises(TransportTimeout, match=f"no weight manifest from {address} within 0.5s"):
+            sub.poll_latest(0.5)
+    finally:
+        sub.close()
+
+
+def _digest(sd: dict[str, torch.Tensor]) -> int:
+    return xxhash.xxh3_64_intdigest(b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                                             for t in sd.values()))
+
+
+def test_a_late_subscriber_gets_the_latest_version(ray_cluster, tx, keys):
+    tx.ship_by_value(__name__)
+
+    @ray.remote(num_cpus=0)
+    class Learner:
+        def __init__(self, cfg, keys):
+            torch.set_num_threads(1)
+            self.pub = WeightPublisher(cfg, keys)
+
+        def address(self):
+            return self.pub.address
+
+        def publish(self, version):
+            self.pub.publish(version, state_dict(version))
+
+        def reports(self):
+            return self.pub.subscriber_versions()
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def __init__(self, address, cfg, keys, name):
+            torch.set_num_threads(1)
+            self.sub = WeightSubscriber(address, cfg, keys, server_public=keys.public, subscriber_id=name)
+
+        def poll(self):
+            got = self.sub.poll_latest(20)
+            return None if got is None else (got[0], _digest(got[1]))
+
+    cfg = tx.small_cfg(curve="on", timeout_s=20.0)
+    learner = Learner.remote(cfg, keys)
+    address = ray.get(learner.address.remote(), timeout=60)
+    early = Worker.remote(address, cfg, keys, "early")
+    ray.get(learner.publish.remote(1), timeout=60)
+    assert ray.get(early.poll.remote(), timeout=60) == (1, _digest(state_dict(1)))
+    ray.get(learner.publish.remote(2), timeout=60)
+    ray.get(learner.publish.remote(3), timeout=60)
+    late = Worker.remote(address, cfg, keys, "late")           # joins after three versions
+    assert ray.get(late.poll.remote(), timeout=60) == (3, _digest(state_dict(3)))
+    assert ray.get(early.poll.remote(), timeout=60) == (3, _digest(state_dict(3)))  # skips version 2
+    assert ray.get(late.poll.remote(), timeout=60) is None
+    for _ in range(100):  # reports are fire-and-forget: allow the serving thread a moment
+        if ray.get(learner.reports.remote(), timeout=60) == {"early": 3, "late": 3}:
+            break
+        time.sleep(0.05)
+    assert ray.get(learner.reports.remote(), timeout=60) == {"early": 3, "late": 3}
+    for a in (late, early, learner):
+        ray.kill(a)
