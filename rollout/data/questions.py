@@ -143,10 +143,14 @@ def st_direction(c: Ctx) -> Draft | None:
         for i, j in zip(vis, vis[1:]):
             if c.scene.sampled.index(j) - c.scene.sampled.index(i) != 1:
                 continue
-            d = _direction(o.boxes[i], o.boxes[j])  # type: ignore[arg-type]
-            if d:
+            a, b = o.boxes[i], o.boxes[j]
+            assert a is not None and b is not None
+            if max(abs(b[0] - a[0]), abs(b[1] - a[1])) < 2:
+                continue  # not moving yet
+            d = _direction(a, b)
+            if d:  # the first move has a clear direction (diagonal first moves are not asked)
                 cands.append((o.name, i, j, d))
-                break
+            break
     if not cands:
         return None
     name, i, j, d = c.rng.choice(cands)
@@ -161,9 +165,9 @@ def st_direction(c: Ctx) -> Draft | None:
 
 def st_appear(c: Ctx) -> Draft | None:
     ev = [e for e in c.scene.events if e.kind == "appear"]
-    if not ev:
+    if len({e.objects[0] for e in ev}) != 1:  # exactly one right answer
         return None
-    e = c.rng.choice(ev)
+    e = ev[0]
     name = e.objects[0]
     vis = c.shown_visible(name)
     prev = c.scene.sampled[c.scene.sampled.index(e.frame) - 1]
@@ -178,9 +182,9 @@ def st_appear(c: Ctx) -> Draft | None:
 
 def st_disappear(c: Ctx) -> Draft | None:
     ev = [e for e in c.scene.events if e.kind == "disappear"]
-    if not ev:
+    if len({e.objects[0] for e in ev}) != 1:  # exactly one right answer
         return None
-    e = c.rng.choice(ev)
+    e = ev[0]
     name = e.objects[0]
     vis = c.shown_visible(name)
     nxt = c.scene.sampled[c.scene.sampled.index(e.frame) + 1]
@@ -210,6 +214,9 @@ def st_collide(c: Ctx) -> Draft | None:
     a, b, k, f = c.rng.choice(cands)
     if c.rng.random() < 0.5:
         a, b = b, a
+    partners = {n for e in c.scene.events if e.kind == "collide" and a in e.objects for n in e.objects} - {a}
+    if partners != {b}:  # the asked object bumped into several: no single right answer
+        return None
     q = f"Which object does the {a} bump into?"
     opts, ans, q = _object_choice(c, b, q)
     kf, items = c.evidence([(k, [a, b])])

@@ -211,3 +211,28 @@ def test_cli_synth_check_and_import(tmp_path):
                                  "answer": "[1.0, 2.0]", "reasoning_process": "at <t>1.5</t>s"}]))
     assert main(["data", "import-stgr", str(stgr), "--out", str(tmp_path / "i.jsonl")]) == 0
     assert json.loads((tmp_path / "i.jsonl").read_text())["span"] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("level", ["easy", "medium", "hard"])
+def test_which_object_questions_have_exactly_one_right_option(level):
+    """Checked against the scene state: no other option is also a true answer."""
+    from stgrl.rollout.data.synth import make_sample
+
+    asked = 0
+    for i in range(0, 400, 4):  # spatio_temporal samples
+        s = make_sample(i, 7, "train", level, CFG)
+        r, ev = s.record, s.scene.events
+        answer = next((o[3:] for o in r.options if o[0] == r.answer), r.answer)
+        names = {o[3:] for o in r.options} or {answer}
+        if r.question.startswith("Which object appears"):
+            true = {e.objects[0] for e in ev if e.kind == "appear"}
+        elif r.question.startswith("Which object leaves"):
+            true = {e.objects[0] for e in ev if e.kind == "disappear"}
+        elif r.question.startswith("Which object does the"):
+            a = r.question.removeprefix("Which object does the ").removesuffix(" bump into?")
+            true = {n for e in ev if e.kind == "collide" and a in e.objects for n in e.objects} - {a}
+        else:
+            continue
+        asked += 1
+        assert true & names == {answer}, (r.id, r.question, r.options, true)
+    assert asked >= 5
