@@ -57,7 +57,11 @@ def _address_and_free_port() -> tuple[str, int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+    # the address Ray itself uses for this node (loopback when the cluster was started on it)
+    node_id = ray.get_runtime_context().get_node_id()
+    addr = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
+                ray.util.get_node_ip_address())
+    return addr, port
 
 
 class LearnerGroup:

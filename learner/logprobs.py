@@ -16,6 +16,7 @@ row order), grids repeated, ``mm_token_type_ids`` extended with zeros over the c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,18 +42,20 @@ def build_group_batch(
     """Right-padded batch for several prompts, each with its completions.
 
     Returns ``(inputs, targets [R, T], mask [R, T], starts [R])``: ``inputs`` is the model's keyword
-    arguments for ``R = sum_g G_g`` rows; row ``r`` holds prompt ``P_r`` tokens then its completion;
+    arguments for ``R = sum_g G_g`` rows (plus ``_row_group``: each row's group index, removed before
+    the forward); row ``r`` holds prompt ``P_r`` tokens then its completion;
     ``targets`` the completion ids (``pad_id`` past the end), ``mask`` 1 on real completion tokens
     and ``starts[r] = P_r``.
     """
     rows_ids: list[Tensor] = []
+    row_group: list[int] = []
     rows_attn: list[Tensor] = []
     rows_mm: list[Tensor] = []
     per_image: dict[str, list[Tensor]] = {}
     starts: list[int] = []
     comps: list[Sequence[int]] = []
     has_mm = any("mm_token_type_ids" in mi for mi, _ in groups)
-    for model_inputs, completion_ids in groups:
+    for gi, (model_inputs, completion_ids) in enumerate(groups):
         p = _prompt_len(model_inputs)
         ids = model_inputs["input_ids"][0]
         attn = model_inputs.get("attention_mask", torch.ones_like(model_inputs["input_ids"]))[0]
@@ -64,6 +67,7 @@ def build_group_batch(
             rows_mm.append(torch.cat([mm, torch.zeros(len(c), dtype=mm.dtype)]))
             starts.append(p)
             comps.append(comp)
+            row_group.append(gi)
             for key in _PER_IMAGE_KEYS:
                 if key in model_inputs:
                     per_image.setdefault(key, []).append(model_inputs[key])
@@ -93,16 +97,49 @@ def build_group_batch(
         inputs["mm_token_type_ids"] = mm_ids
     for key, blocks in per_image.items():
         inputs[key] = torch.cat(blocks, dim=0)
+    inputs["_row_group"] = torch.as_tensor(row_group, dtype=torch.long)
     return inputs, targets, mask, torch.as_tensor(starts, dtype=torch.long)
 
 
+def _encode_images_once(model, inputs: dict[str, Tensor], groups) -> dict[str, Any]:
+    """Run the vision tower once per prompt instead of once per completion row.
+
+    Every completion of a group shares its prompt's frames, so the ``G`` repeated pixel blocks are
+    replaced by ``G`` references to one set of image features (``mm_encoder_outputs``); autograd sums
+    the ``G`` gradients into the vision tower, exactly as the repeated forward would. Text-only
+    models, videos and models without ``get_image_features`` keep the plain expanded path.
+    """
+    if ("pixel_values" not in inputs or "pixel_values_videos" in inputs or not hasattr(model, "get_image_features")
+            or groups is None):
+        return inputs
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    device = inputs["input_ids"].device
+    with_images = [mi for mi, _ in groups if "pixel_values" in mi]
+    pixels = torch.cat([mi["pixel_values"] for mi in with_images]).to(device)
+    grids = torch.cat([mi["image_grid_thw"] for mi in with_images]).to(device)
+    feats = model.get_image_features(pixels, grids, return_dict=True).pooler_output  # one tensor per image
+    per_group: list[tuple[Tensor, ...]] = []
+    offset = 0
+    for mi, _ in groups:
+        n = int(mi["image_grid_thw"].shape[0]) if "pixel_values" in mi else 0
+        per_group.append(tuple(feats[offset:offset + n]))
+        offset += n
+    rows = [f for g in inputs["_row_group"].tolist() for f in per_group[g]]
+    out = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(rows))}
+    return out
+
+
 def _forward_logprobs(model, inputs: dict[str, Tensor], targets: Tensor, mask: Tensor, starts: Tensor,
-                      temperature: float) -> Tensor:
+                      temperature: float, groups=None) -> Tensor:
     """Forward once and gather ``log_softmax(logits / T)`` at each completion token -> ``[R, T]``."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0 for log-probs (greedy decoding has no density)")
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = _encode_images_once(model, inputs, groups)
+    inputs.pop("_row_group")
     length = inputs["input_ids"].shape[1]
     t_max = targets.shape[1]
     first = int(starts.min()) - 1  # logits at position p predict token p + 1
@@ -141,11 +178,15 @@ def batched_completion_logprobs(
     groups: Sequence[tuple[dict[str, Tensor], Sequence[Sequence[int]]]],
     pad_id: int,
     temperature: float = 1.0,
+    encode_images_once: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """:func:`completion_logprobs` over several prompts in one right-padded forward.
 
-    Rows come group by group in order: ``[R = sum_g len(completions_g), T]``.
+    Rows come group by group in order: ``[R = sum_g len(completions_g), T]``. With
+    ``encode_images_once`` the vision tower runs once per prompt (not once per completion).
     """
     inputs, targets, mask, starts = build_group_batch(groups, pad_id)
-    logp = _forward_logprobs(model, inputs, targets, mask, starts, temperature)
+    if not encode_images_once:
+        groups = None
+    logp = _forward_logprobs(model, inputs, targets, mask, starts, temperature, groups)
     return logp, mask.to(logp.device)

@@ -79,3 +79,26 @@ def test_rejects_batched_prompt_and_unknown_keys(vl_model, vl_prompt):
         completion_logprobs(vl_model, two, [[1]], pad_id=0)
     with pytest.raises(ValueError, match="does not know"):
         completion_logprobs(vl_model, dict(a) | {"cache_position": torch.zeros(1)}, [[1]], pad_id=0)
+
+
+def test_vision_once_per_prompt_equals_repeated_pixels(vl_model, vl_prompt):
+    """Encoding each prompt's frames once and sharing the features over its G rows gives the same
+    log-probs AND the same gradients (vision tower included) as repeating the pixel blocks G times."""
+    groups = [(vl_prompt(seed=7, n_frames=2), [[30, 31, 32], [40, 41], [50]]),
+              (vl_prompt(seed=8, n_frames=3), [[60, 61], [70, 71, 72, 73]])]
+    w = torch.linspace(0.5, 1.5, 4)
+
+    def run(once):
+        vl_model.zero_grad(set_to_none=True)
+        lp, mask = batched_completion_logprobs(vl_model, groups, pad_id=0, encode_images_once=once)
+        (lp * w[: lp.shape[1]]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in vl_model.named_parameters() if p.grad is not None}
+        return lp.detach(), grads
+
+    lp_once, g_once = run(True)
+    lp_rep, g_rep = run(False)
+    vl_model.zero_grad(set_to_none=True)
+    assert torch.allclose(lp_once, lp_rep, atol=1e-5)
+    assert g_once.keys() == g_rep.keys() and any(k.startswith("model.visual") for k in g_once)
+    for k in g_once:
+        assert torch.allclose(g_once[k], g_rep[k], atol=1e-5, rtol=1e-4), k
