@@ -74,6 +74,11 @@ def test_resized_size_matches_transformers():
     for w, h in [(112, 112), (168, 112), (224, 168), (640, 480), (1920, 1080), (30, 500), (57, 29)]:
         hh, ww = smart_resize(h, w, 28, CFG.min_pixels_per_frame, CFG.max_pixels_per_frame)
         assert resized_size(w, h, CFG) == (ww, hh)
+    from stgrl.rollout.data.scene import DIFFICULTIES
+
+    for d in DIFFICULTIES.values():  # generated frames are kept as they are: resized px = native px
+        assert resized_size(d.width, d.height, CFG) == (d.width, d.height)
+        assert d.grid == 0 or (d.width % d.grid == 0 and d.height % d.grid == 0)
 
 
 def test_cache_decodes_once_and_prompt_is_reproducible(datasets, processor):
@@ -108,6 +113,7 @@ def test_sft_example_masks_prompt_and_ends_with_end_of_turn(datasets, processor)
         assert torch.equal(ex["labels"][:, p:], ex["input_ids"][:, p:])
         target = tok.decode(ex["input_ids"][0, p:])
         assert target.startswith("<think>") and target.endswith("</answer><|im_end|>")
+        assert int(ex["input_ids"][0, -1]) == tok.convert_tokens_to_ids("<|im_end|>")  # one special token
         assert r.reasoning in target
         assert ex["attention_mask"].shape == ex["input_ids"].shape == ex["labels"].shape
         if "mm_token_type_ids" in ex:
