@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -113,6 +112,7 @@ class RLDriver:
             state = self.learners.load_checkpoint(self.ckpt_dir)
             self.start_step = int(state["step"]) + 1
             self.version = int(state["policy_version"])
+            truncate_after(self.run_dir, self.start_step)
             log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version)
         self.publisher = WeightPublisher(tcfg, self.keys)
         self._publish_weights()
@@ -367,5 +367,21 @@ class RLDriver:
                 ch.close()
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+def truncate_after(run_dir: Path, next_step: int) -> None:
+    """On resume, forget what a killed run logged after its last checkpoint (those steps are redone),
+    so the ledger and metrics hold each step exactly once."""
+    import json
+
+    for name in ("ledger.jsonl", "metrics.jsonl"):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] < next_step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line of the killed run
+        path.write_text("".join(line + "\n" for line in kept))
+
