@@ -5,32 +5,31 @@
 <answer> ... </answer>
 ```
 
-Why not the reference regex (`<obj>(.*?)</obj>((?:<box>\\[.*?\\]</box>)+)at<t>(.*?)</t>s`): on a
-completion with many `<obj>` and no closing tag every start position scans to the end, which is
-quadratic, and a policy under RL finds such outputs. Here one regex with only literal alternatives
-(`<(/?)(think|answer|obj|box|t)>`, constant work per character) turns the text into a list of tag
-tokens, and every structure is read by walking that list once; the text between two consecutive
-tags is looked at a bounded number of times. Numbers are read with a strict pattern on slices of
-bounded length, so NaN, inf, `1_000` or a 1 MB digit string are rejected, never raised.
+Why not the reference regex (`<obj>(.*?)</obj>((?:<box>\\[.*?\\]</box>)+)at<t>(.*?)</t>s`): `.*?` may
+run across tags, so on a completion with many `<obj>` and no `</obj>` every start scans to the end -
+quadratic, and a policy under RL finds such outputs. Here every variable part is `[^<]*`: it cannot
+cross a `<`, and every match attempt starts at a `<`, so attempts cover disjoint stretches of text
+and backtracking stays inside one stretch (O(n) in total; `test_properties` checks 0.5 MB vs 1 MB).
+Blocks are found with `str.find`/`str.count`, so all the scanning happens in C: the parser is called
+once per sample and its parts are built on first use (the reference re-parses per component).
 
-Whitespace is tolerated between the pieces of a claim (`</box> at <t>5</t> s`); nothing else is.
-The functions are pure; `parse_completion` is called once per sample and its result feeds every
-reward component (the reference re-parses per component).
+Numbers are read with a strict pattern on bounded slices: NaN, inf, `1_000` or a 1 MB digit string
+are rejected, never raised. Whitespace is tolerated between the pieces of a claim
+(`</box> at <t>5</t> s`); nothing else is.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
 
-_TAG = re.compile(r"<(/?)(think|answer|obj|box|t)>")
 _NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?)"
 _NUMBER = re.compile(rf"\s*{_NUM}\s*")
 _BOX = re.compile(rf"\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]\s*")
-_CLAIM_AT = re.compile(r"\s*at\s*")
+_CLAIM = re.compile(r"<obj>([^<]*)</obj>((?:\s*<box>[^<]*</box>)+)\s*at\s*<t>([^<]*)</t>\s*s")
+_BOX_TAG = re.compile(r"<box>([^<]*)</box>")
+_T_TAG = re.compile(r"<t>([^<]*)</t>")
 _OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
 
@@ -38,16 +37,6 @@ MAX_NUMBER_CHARS = 64
 """A number longer than this is malformed (keeps float() and the pattern on bounded input)."""
 MAX_BOX_CHARS = 256
 MAX_NAME_CHARS = 256
-
-
-class Tags(NamedTuple):
-    """The grammar tags of a text, as parallel lists: tag `i` is `kind[i]` (the literal tag, e.g.
-    `"<obj>"` or `"</obj>"`) spanning `text[start[i]:end[i]]`. Lists rather than one object per tag:
-    a 1 MB adversarial completion holds ~200k tags."""
-
-    start: list[int]
-    end: list[int]
-    kind: list[str]
 
 
 @dataclass(slots=True)
@@ -91,145 +80,99 @@ def parse_box(text: str) -> list[float] | None:
     return box if all(map(math.isfinite, box)) else None
 
 
-def tokenize_tags(text: str) -> Tags:
-    """All grammar tags of `text` in order (one linear regex pass)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    kinds: list[str] = []
-    for m in _TAG.finditer(text):
-        a, b = m.span()
-        starts.append(a)
-        ends.append(b)
-        kinds.append(m[0])
-    return Tags(starts, ends, kinds)
-
-
-def _first_block(kinds: list[str], name: str) -> tuple[int, int] | None:
-    """Tag indices (open, close) of the first `<name>` and the first `</name>` after it."""
-    opening, closing = f"<{name}>", f"</{name}>"
-    try:
-        i = kinds.index(opening)
-        return i, kinds.index(closing, i + 1)
-    except ValueError:
+def _block(text: str, name: str) -> tuple[int, int] | None:
+    """(start, end) of the inside of the first `<name>` and the first `</name>` after it."""
+    opening = f"<{name}>"
+    i = text.find(opening)
+    if i < 0:
         return None
-
-
-def _is_blank(text: str, start: int, end: int) -> bool:
-    return start >= end or text[start:end].isspace()
-
-
-def _followed_by_s(text: str, pos: int, limit: int) -> bool:
-    """`s` after optional whitespace, looking no further than the next tag (keeps it linear)."""
-    while pos < limit and text[pos].isspace():
-        pos += 1
-    return pos < limit and text[pos] == "s"
-
-
-def _parse_claims(text: str, tags: Tags, lo: int, hi: int) -> list[Claim]:
-    """Claims among tags lo..hi-1 (the inside of the think). Each tag is visited O(1) times: a failed
-    attempt resumes at the first tag it could not consume, which is never an `<obj>` it skipped."""
-    start, end, kind = tags
-    claims: list[Claim] = []
-    i = lo
-    while i < hi:
-        if kind[i] != "<obj>":
-            i += 1
-            continue
-        j = i + 1
-        if j >= hi or kind[j] != "</obj>":
-            i = j
-            continue
-        name = text[end[i] : start[j]] if start[j] - end[i] <= MAX_NAME_CHARS else None
-        k = j + 1
-        pos = end[j]
-        boxes: list[list[float] | None] = []
-        while k + 1 < hi and kind[k] == "<box>" and kind[k + 1] == "</box>" and _is_blank(text, pos, start[k]):
-            boxes.append(parse_box(text[end[k] : start[k + 1]]))
-            pos = end[k + 1]
-            k += 2
-        if (
-            name is not None
-            and boxes
-            and k + 1 < hi
-            and kind[k] == "<t>"
-            and kind[k + 1] == "</t>"
-            and _CLAIM_AT.fullmatch(text, pos, start[k]) is not None
-            and _followed_by_s(text, end[k + 1], start[k + 2] if k + 2 < len(kind) else len(text))
-        ):
-            claims.append(Claim(name=name.strip(), boxes=boxes, time=parse_number(text[end[k] : start[k + 1]])))
-            i = k + 2
-        else:
-            i = max(k, i + 1)
-    return claims
-
-
-def _pairs(text: str, tags: Tags, lo: int, hi: int, opening: str, closing: str) -> list[str]:
-    """Contents of every `opening…closing` pair of adjacent tags among tags lo..hi-1."""
-    start, end, kind = tags
-    return [text[end[i] : start[i + 1]] for i in range(lo, hi - 1) if kind[i] == opening and kind[i + 1] == closing]
+    i += len(opening)
+    j = text.find(f"</{name}>", i)
+    return None if j < 0 else (i, j)
 
 
 class ParsedCompletion:
-    """Everything the reward components need from one completion. The text is tokenized once here;
-    each part (claims, times, boxes) is read from the tags on first use, so a task that needs no
-    claims never builds them."""
+    """Everything the reward components need from one completion. The think and answer blocks are
+    located here; each part (claims, times, boxes) is read on first use and kept, so a task that needs
+    no claims never builds them. (Hand-rolled caching: `functools.cached_property` takes a lock per
+    access on Python 3.11, which cost more than the parsing.)"""
+
+    __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_think_times", "_answer_times",
+                 "_answer_boxes")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.tags = tokenize_tags(text)
-        kinds = self.tags.kind
-        self._think = _first_block(kinds, "think")
-        self._answer = _first_block(kinds, "answer")
+        self._think = _block(text, "think")
+        self._answer = _block(text, "answer")
+        self._well_formed: bool | None = None
+        self._claims: list[Claim] | None = None
+        self._think_times: list[float | None] | None = None
+        self._answer_times: list[float | None] | None = None
+        self._answer_boxes: list[list[float] | None] | None = None
 
-    def _slice(self, block: tuple[int, int] | None) -> str | None:
-        return None if block is None else self.text[self.tags.end[block[0]] : self.tags.start[block[1]]]
-
-    @functools.cached_property
+    @property
     def think(self) -> str | None:
         """Text of the first `<think>…</think>` block, None if absent or unclosed."""
-        return self._slice(self._think)
+        return None if self._think is None else self.text[self._think[0] : self._think[1]]
 
-    @functools.cached_property
+    @property
     def answer(self) -> str | None:
         """Text of the first `<answer>…</answer>` block, None if absent or unclosed."""
-        return self._slice(self._answer)
+        return None if self._answer is None else self.text[self._answer[0] : self._answer[1]]
 
-    @functools.cached_property
+    @property
     def well_formed(self) -> bool:
         """`<think>…</think>` then `<answer>…</answer>`, each exactly once, and `<obj>`, `<box>`, `<t>`
         balanced inside the think."""
-        think, answer, kinds = self._think, self._answer, self.tags.kind
-        if think is None or answer is None or not think[1] < answer[0]:
-            return False
-        if any(kinds.count(k) != 1 for k in ("<think>", "</think>", "<answer>", "</answer>")):
-            return False
-        inner = kinds[think[0] + 1 : think[1]]
-        return all(inner.count(f"<{n}>") == inner.count(f"</{n}>") for n in ("obj", "box", "t"))
+        if self._well_formed is None:
+            self._well_formed = self._check_form()
+        return self._well_formed
 
-    @functools.cached_property
+    def _check_form(self) -> bool:
+        text, think, answer = self.text, self._think, self._answer
+        if think is None or answer is None or think[1] > answer[0]:
+            return False
+        if any(text.count(k) != 1 for k in ("<think>", "</think>", "<answer>", "</answer>")):
+            return False
+        a, b = think
+        return all(text.count(f"<{n}>", a, b) == text.count(f"</{n}>", a, b) for n in ("obj", "box", "t"))
+
+    @property
     def claims(self) -> list[Claim]:
-        if self._think is None:
-            return []
-        return _parse_claims(self.text, self.tags, self._think[0] + 1, self._think[1])
+        if self._claims is None:
+            self._claims = [] if self._think is None else self._parse_claims(*self._think)
+        return self._claims
 
-    @functools.cached_property
+    def _parse_claims(self, a: int, b: int) -> list[Claim]:
+        out = []
+        for m in _CLAIM.finditer(self.text, a, b):
+            name = m.group(1)
+            if len(name) <= MAX_NAME_CHARS:
+                boxes = [parse_box(x) for x in _BOX_TAG.findall(m.group(2))]
+                out.append(Claim(name=name.strip(), boxes=boxes, time=parse_number(m.group(3))))
+        return out
+
+    @property
     def think_times(self) -> list[float | None]:
         """Every `<t>X</t>` in the think, in order (None where X is not a finite number)."""
-        if self._think is None:
-            return []
-        return [parse_number(x) for x in _pairs(self.text, self.tags, self._think[0] + 1, self._think[1], "<t>", "</t>")]
+        if self._think_times is None:
+            self._think_times = self._numbers(_T_TAG, self._think, parse_number)
+        return self._think_times
 
-    @functools.cached_property
+    @property
     def answer_times(self) -> list[float | None]:
-        if self._answer is None:
-            return []
-        return [parse_number(x) for x in _pairs(self.text, self.tags, self._answer[0] + 1, self._answer[1], "<t>", "</t>")]
+        if self._answer_times is None:
+            self._answer_times = self._numbers(_T_TAG, self._answer, parse_number)
+        return self._answer_times
 
-    @functools.cached_property
+    @property
     def answer_boxes(self) -> list[list[float] | None]:
-        if self._answer is None:
-            return []
-        return [parse_box(x) for x in _pairs(self.text, self.tags, self._answer[0] + 1, self._answer[1], "<box>", "</box>")]
+        if self._answer_boxes is None:
+            self._answer_boxes = self._numbers(_BOX_TAG, self._answer, parse_box)
+        return self._answer_boxes
+
+    def _numbers(self, tag: re.Pattern, block: tuple[int, int] | None, parse):
+        return [] if block is None else [parse(x) for x in tag.findall(self.text, *block)]
 
 
 def parse_completion(text: str) -> ParsedCompletion:
