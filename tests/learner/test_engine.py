@@ -51,8 +51,9 @@ def test_state_dict_export_roundtrip(vl_model_dir, vl_prompt, make_groups, tmp_p
 
 # ---- exact resume -----------------------------------------------------------------------------
 
-def _resume_cfg():
-    return LearnerConfig(lr=5e-3, warmup_steps=1, total_steps=12, num_minibatches=2)
+def _resume_cfg(zero_stage=2, precision="fp32"):
+    return LearnerConfig(lr=5e-3, warmup_steps=1, total_steps=12, num_minibatches=2, zero_stage=zero_stage,
+                         precision=precision)
 
 
 def _run_steps(eng, first, last, text_prompts, make_groups):
@@ -85,17 +86,18 @@ def dropout_model_dir(tmp_path_factory):
     return out
 
 
-def test_exact_resume_bit_identical(dropout_model_dir, text_prompts, make_groups, tmp_path):
-    full = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+@pytest.mark.parametrize(("zero_stage", "precision"), [(2, "fp32"), (3, "bf16")])
+def test_exact_resume_bit_identical(dropout_model_dir, text_prompts, make_groups, tmp_path, zero_stage, precision):
+    full = LearnerEngine(dropout_model_dir, _resume_cfg(zero_stage, precision), WORLD, seed=7)
     losses_full = _run_steps(full, 0, 4, text_prompts, make_groups)
     want = full.full_state_dict()
 
-    first = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+    first = LearnerEngine(dropout_model_dir, _resume_cfg(zero_stage, precision), WORLD, seed=7)
     losses_a = _run_steps(first, 0, 2, text_prompts, make_groups)
     first.save_checkpoint(tmp_path / "ckpt", {"step": 2, "policy_version": 2, "curriculum_p": 0.5})
     del first
     torch.manual_seed(12345)  # the restart must not depend on the process's RNG: the checkpoint restores it
-    resumed = LearnerEngine(dropout_model_dir, _resume_cfg(), WORLD, seed=7)
+    resumed = LearnerEngine(dropout_model_dir, _resume_cfg(zero_stage, precision), WORLD, seed=7)
     state = resumed.load_checkpoint(tmp_path / "ckpt")
     assert state["step"] == 2 and state["policy_version"] == 2 and state["curriculum_p"] == 0.5
     assert resumed.global_steps == 2 * 3  # 2 RL minibatch steps + 1 SFT step per training step
@@ -110,12 +112,23 @@ def test_exact_resume_bit_identical(dropout_model_dir, text_prompts, make_groups
 
 
 def _flat_moments(opt_state) -> torch.Tensor:
-    """Adam first/second moments of a DeepSpeed ZeRO optimizer state, flattened."""
-    inner = opt_state.get("base_optimizer_state", opt_state)
-    st = inner["state"] if isinstance(inner, dict) else inner
-    if isinstance(st, dict):
-        st = list(st.values())
-    return torch.cat([torch.cat([s["exp_avg"].flatten(), s["exp_avg_sq"].flatten()]) for s in st])
+    """Every Adam first/second moment tensor found anywhere in a (ZeRO-2 or -3) optimizer state."""
+    found: list[torch.Tensor] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k in ("exp_avg", "exp_avg_sq") and isinstance(v, torch.Tensor):
+                    found.append(v.flatten().float())
+                else:
+                    walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(opt_state)
+    assert found, "no Adam moments in the optimizer state"
+    return torch.cat(found)
 
 
 def test_load_without_checkpoint_fails_clearly(text_model_dir, tmp_path):
