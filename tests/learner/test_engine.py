@@ -135,3 +135,24 @@ def test_load_without_checkpoint_fails_clearly(text_model_dir, tmp_path):
     eng = LearnerEngine(text_model_dir, LearnerConfig(), WORLD)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         eng.load_checkpoint(tmp_path / "empty")
+
+
+def test_on_policy_behaviour_gives_unit_is_weights_and_kl_grows_from_zero(text_model_dir, text_prompts, make_groups):
+    """Behaviour log-probs equal to the learner's (a perfect engine, version 0): IS weights are 1 and
+    the engine/learner gap is 0; with kl_beta > 0 the k3 KL to the frozen reference starts at 0 and
+    grows once the policy moves."""
+    from stgrl.learner.logprobs import completion_logprobs
+
+    eng = LearnerEngine(text_model_dir, LearnerConfig(lr=1e-2, warmup_steps=0, num_minibatches=2, kl_beta=0.1),
+                        WORLD)
+    groups = make_groups(text_prompts(2, seed=5), 64, seed=5)
+    with torch.no_grad():
+        for g in groups:
+            lp, mask = completion_logprobs(eng.module.eval(), g.model_inputs, g.completion_ids, eng.pad_id)
+            g.behaviour_logprobs = [lp[i, : int(mask[i].sum())].tolist() for i in range(len(g.completion_ids))]
+    m1 = rl_update(eng, groups)
+    assert m1["behaviour_gap"] < 1e-6
+    assert abs(m1["is_weight_min"] - 1.0) < 1e-5 and abs(m1["is_weight_max"] - 1.0) < 1e-5
+    m2 = rl_update(eng, groups)
+    assert m2["kl"] > m1["kl"] >= 0.0
+    assert m2["is_weight_max"] <= 2.0 and m2["behaviour_gap"] > 1e-4  # now the behaviour policy is stale
