@@ -42,11 +42,13 @@ def _id_of(raw: str) -> object:
     return obj.get("id") if isinstance(obj, dict) else None
 
 
-def score_lines(lines: Iterable[str], step: int, total_steps: int, cfg: RewardConfig,
+def score_lines(lines: Iterable[str | bytes], step: int, total_steps: int, cfg: RewardConfig,
                 stats: OfflineStats | None = None) -> Iterator[dict]:
     """Score JSON lines lazily, yielding one output object per non-blank input line.
 
-    Bad lines are logged at ERROR with their 1-based line number and yield an `error` object.
+    Bad lines (including bytes that are not UTF-8: pass raw `bytes` lines to get a per-line error
+    rather than a failing text decoder) are logged at ERROR with their 1-based line number and yield
+    an `error` object.
     """
     stats = stats if stats is not None else OfflineStats()
     for lineno, raw in enumerate(lines, start=1):
@@ -55,7 +57,7 @@ def score_lines(lines: Iterable[str], step: int, total_steps: int, cfg: RewardCo
         stats.lines += 1
         try:
             sample = _decoder.decode(raw)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             stats.errors += 1
             log.error("line %d: %s", lineno, e)
             yield {"id": _id_of(raw), "line": lineno, "error": str(e)}

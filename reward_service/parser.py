@@ -76,8 +76,9 @@ def parse_box(text: str) -> list[float] | None:
     m = _BOX.fullmatch(text)
     if m is None:
         return None
-    box = [float(g) for g in m.groups()]
-    return box if all(map(math.isfinite, box)) else None
+    box = list(map(float, m.groups()))
+    # one check for all four: a sum that overflows means coordinates near 1e308, garbage either way
+    return box if math.isfinite(box[0] + box[1] + box[2] + box[3]) else None
 
 
 def _block(text: str, name: str) -> tuple[int, int] | None:
