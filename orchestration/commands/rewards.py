@@ -63,7 +63,8 @@ def _run_score(args: argparse.Namespace) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         log.error("input file not found: %s", args.input)
         return 2
-    src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    # Bytes in: a line that is not UTF-8 becomes that line's error instead of ending the run.
+    src = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
     dst = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     stats = OfflineStats()
     encoder = msgspec.json.Encoder()
@@ -72,7 +73,7 @@ def _run_score(args: argparse.Namespace) -> int:
             dst.write(encoder.encode(obj).decode())
             dst.write("\n")
     finally:
-        if src is not sys.stdin:
+        if src is not sys.stdin.buffer:
             src.close()
         if dst is not sys.stdout:
             dst.close()

@@ -61,3 +61,12 @@ def test_step_and_config_reach_the_reward(tmp_path, capsys):
 
 def test_missing_input_is_an_error(tmp_path):
     assert main(["rewards", "score", str(tmp_path / "nope.jsonl")]) == 2
+
+
+def test_a_line_that_is_not_utf8_is_that_lines_error(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b'{"id": "bad", "task": "general\xff\xfe"}\n' + json.dumps(TEMPORAL).encode() + b"\n")
+    assert main(["rewards", "score", str(src), "-o", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["line"] == 1 and "error" in rows[0]
+    assert rows[1]["id"] == "t1" and "components" in rows[1]
