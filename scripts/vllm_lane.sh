@@ -15,6 +15,8 @@ PY=$VENV/bin/python
 export VLLM_CACHE_ROOT=$ROOT/.cache/vllm TORCHINDUCTOR_CACHE_DIR=$ROOT/.cache/inductor TMPDIR=$ROOT/.cache/tmp
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+# No OpenMP core pinning on shared machines: one thread (OMP_NUM_THREADS) wherever the OS puts it.
+export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 mkdir -p "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR" "$TMPDIR"
 
 pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
