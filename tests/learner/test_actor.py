@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from stgrl.learner.actor import start_learner_group
@@ -34,9 +32,10 @@ def one_rank(vl_model_dir, data):
     from stgrl.learner.engine import LearnerEngine, WorldInfo
     from stgrl.learner.rl import rl_update
     from stgrl.learner.sft import sft_eval_loss, sft_step
+    from stgrl.learner.testing import free_port
 
     batches, sft_examples, held_out = data
-    eng = LearnerEngine(vl_model_dir, _cfg(2), WorldInfo(master_port=31000 + random.randrange(1000)), seed=0)
+    eng = LearnerEngine(vl_model_dir, _cfg(2), WorldInfo(master_port=free_port()), seed=0)
     rl = [rl_update(eng, b.groups) for b in batches]
     sft = sft_step(eng, sft_examples)
     nll, n = sft_eval_loss(eng, held_out)

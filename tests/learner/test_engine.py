@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -11,8 +9,9 @@ from stgrl.learner.config import LearnerConfig
 from stgrl.learner.engine import LearnerEngine, WorldInfo
 from stgrl.learner.rl import rl_update
 from stgrl.learner.sft import sft_step
+from stgrl.learner.testing import free_port
 
-WORLD = WorldInfo(master_port=29000 + random.Random().randrange(2000))  # world of 1; port only for init
+WORLD = WorldInfo(master_port=free_port())  # world of 1: the port only serves the first init in this process
 
 
 def _vocab(engine):

@@ -12,9 +12,10 @@ import torch
 from stgrl.learner.config import LearnerConfig, SFTConfig
 from stgrl.learner.sft import learner_config_for_sft, make_sft_example, target_text
 from stgrl.learner.sft_trainer import checkpoint_due, run_sft
+from stgrl.learner.testing import free_port
 from stgrl.learner.worker import LocalLearner
 
-PORT = 32000 + random.Random().randrange(1000)
+PORT = free_port()
 SFT = SFTConfig(steps=24, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=12)
 
 
