@@ -30,6 +30,8 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Most tensor frames one message may carry; more is rejected before any frame is read."""
     weight_window: Annotated[int, Meta(ge=1, le=64)] = 2
     """Weight buckets requested ahead (in flight); each costs one bucket of transient memory."""
+    weight_shm: bool = True
+    """Publisher keeps its snapshot in /dev/shm; subscribers on the same host copy from it instead of TCP."""
     heartbeat_s: PosFloat = 2.0
     """ZeroMQ heartbeat interval; a peer silent for 3 intervals is dropped and reconnected."""
 

@@ -12,6 +12,11 @@ arrived and verified returns the new state dict (views into that buffer) and rep
 A corrupt or missing bucket refuses the whole version: the subscriber keeps its previous one. A
 worker that joins late simply gets the latest version on its first poll.
 
+Same host (``cfg.weight_shm``, default on): the publisher's snapshot is a file in /dev/shm and the
+manifest names it; a subscriber on the same host copies the buckets from it (one memcpy each) and
+verifies the same checksums, falling back to TCP when it cannot open the file
+(`stgrl.actors.shm_snapshot`). TCP over loopback is several times slower than memcpy here.
+
 Memory: the publisher holds one snapshot (the latest version; the previous one is released before a
 new one is packed, so requests during packing get `NoVersion`). The subscriber allocates one buffer
 per new version; the caller owns the returned tensors, so while it loads them into its model there
@@ -25,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 import torch
@@ -35,6 +40,7 @@ import zmq
 from stgrl.actors.config import TransportConfig
 from stgrl.actors.endpoints import ClientSocket, ServerSocket
 from stgrl.actors.security import CurveKeys
+from stgrl.actors.shm_snapshot import ShmSnapshot, host_id, map_read_only, sweep_stale
 from stgrl.actors.tensor_frames import DTYPES, dtype_name
 from stgrl.actors.wire import (
     BucketRequest,
@@ -55,6 +61,8 @@ __all__ = ["WeightPublisher", "WeightSubscriber", "WeightVerificationError", "ma
 log = logging.getLogger(__name__)
 
 ALIGN = 64
+_HASH_STEP = 1 << 20
+"""Copy and checksum in pieces this small, so the hash reads from cache, not memory."""
 CHUNK_BYTES = 8 << 20
 """A bucket travels as frames of at most this size: libzmq allocates one buffer per frame, and
 glibc reuses (warm) heap memory up to 32 MiB but maps fresh, page-faulting memory above."""
@@ -76,8 +84,12 @@ def _buckets(total: int, bucket_nbytes: int) -> list[tuple[int, int]]:
     return [(s, min(s + bucket_nbytes, total)) for s in range(0, total, bucket_nbytes)]
 
 
-def pack(version: int, state_dict: Mapping[str, torch.Tensor], bucket_nbytes: int) -> tuple[WeightManifest, torch.Tensor]:
-    """Copy ``state_dict`` into one contiguous uint8 buffer and describe it (one copy, any device)."""
+def pack(
+    version: int, state_dict: Mapping[str, torch.Tensor], bucket_nbytes: int,
+    alloc: Callable[[int], torch.Tensor] | None = None,
+) -> tuple[WeightManifest, torch.Tensor]:
+    """Copy ``state_dict`` into one contiguous uint8 buffer from ``alloc(nbytes)`` and describe it
+    (one copy, any device)."""
     entries: list[TensorEntry] = []
     offset = 0
     for name, t in state_dict.items():
@@ -85,7 +97,7 @@ def pack(version: int, state_dict: Mapping[str, torch.Tensor], bucket_nbytes: in
         entries.append(TensorEntry(name, dtype_name(t.dtype), list(t.shape), offset, nbytes))
         offset += -(-nbytes // ALIGN) * ALIGN
     total = offset
-    buf = torch.empty(total, dtype=torch.uint8)
+    buf = alloc(total) if alloc is not None else torch.empty(total, dtype=torch.uint8)
     end = 0
     for entry, t in zip(entries, state_dict.values()):
         if entry.offset > end:
@@ -159,6 +171,10 @@ class WeightPublisher:
         self._latest: tuple[WeightManifest, torch.Tensor, list[tuple[int, int]]] | None = None
         self._latest_version: int | None = None
         self._reports: dict[str, int] = {}
+        self._shm: ShmSnapshot | None = None
+        self._host = host_id()
+        if cfg.weight_shm:
+            sweep_stale()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="weight-publisher", daemon=True)
         self._thread.start()
@@ -186,8 +202,11 @@ class WeightPublisher:
             raise ValueError(f"weight version {version} is not newer than {self._latest_version}")
         with self._lock:
             self._latest = None  # one snapshot in memory at a time
+        self._release_shm()
         t0 = time.perf_counter()
-        manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes)
+        manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes, alloc=lambda n: self._alloc(n, version))
+        if self._shm is not None:
+            manifest = msgspec.structs.replace(manifest, shm_path=str(self._shm.path), host=self._host)
         with self._lock:
             self._latest = (manifest, buf, _buckets(manifest.total_nbytes, manifest.bucket_nbytes))
             self._latest_version = version
@@ -195,6 +214,21 @@ class WeightPublisher:
                  len(manifest.tensors), manifest.total_nbytes / 2**20, len(manifest.bucket_checksums),
                  time.perf_counter() - t0)
         return manifest
+
+    def _alloc(self, nbytes: int, version: int) -> torch.Tensor:
+        """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous."""
+        if self.cfg.weight_shm and nbytes > 0:
+            try:
+                self._shm = ShmSnapshot(nbytes, version)
+                return self._shm.tensor
+            except OSError as err:
+                log.warning("weight snapshot not in /dev/shm (%s); same-host subscribers use TCP", err)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def _release_shm(self) -> None:
+        if self._shm is not None:
+            self._shm.release()
+            self._shm = None
 
     def _serve(self) -> None:
         sock = self._server.sock
@@ -248,6 +282,7 @@ class WeightPublisher:
         self._stop.set()
         self._thread.join(timeout=5)
         self._server.close()
+        self._release_shm()
 
 
 class WeightSubscriber:
@@ -276,6 +311,8 @@ class WeightSubscriber:
         self.subscriber_id = subscriber_id or uuid.uuid4().hex[:12]
         self._client = ClientSocket(address, cfg, keys, server_public=server_public)
         self.current_version: int | None = None
+        self.last_path: str | None = None
+        """How the last version arrived: ``"shm"`` (same-host snapshot) or ``"tcp"``."""
         self.last_sync_s: float | None = None
         """Wall time of the last successful pull (manifest to verified), for ``weights/sync_time_s``."""
 
@@ -321,6 +358,8 @@ class WeightSubscriber:
                                           f"above our limit of {self.cfg.bucket_bytes}")
         buf = self._buffer(manifest.total_nbytes)
         raw = buf.numpy()
+        if self._pull_local(manifest, buf, spans):
+            return _unpack(manifest, buf)
         todo = list(range(len(spans)))
         outstanding: set[int] = set()
         while todo or outstanding:
@@ -338,23 +377,53 @@ class WeightSubscriber:
                 continue  # a late reply to an abandoned pull
             start, end = spans[msg.index]
             pos = start
+            digest = xxhash.xxh3_64()
             for i in range(len(tensors)):  # chunks in order, each copied once into the staging buffer
                 chunk = tensors.get(str(i))
                 if chunk is None or chunk.dtype is not torch.uint8 or pos + chunk.numel() > end:
                     break
-                buf[pos:pos + chunk.numel()].copy_(chunk)
+                for off in range(pos, pos + chunk.numel(), _HASH_STEP):  # hash while still in cache
+                    stop = min(off + _HASH_STEP, pos + chunk.numel())
+                    buf[off:stop].copy_(chunk[off - pos:stop - pos])
+                    digest.update(raw[off:stop])
                 pos += chunk.numel()
             del tensors  # release the frames now
             if pos != end or msg.nbytes != end - start:
                 raise WeightVerificationError(
                     f"bucket {msg.index} of version {manifest.version} from {self.address} is malformed "
                     f"({pos - start} of {end - start} bytes); keeping version {self.current_version}")
-            if xxhash.xxh3_64_intdigest(raw[start:end]) != manifest.bucket_checksums[msg.index]:
+            if digest.intdigest() != manifest.bucket_checksums[msg.index]:
                 raise WeightVerificationError(
                     f"bucket {msg.index} of version {manifest.version} from {self.address} failed its "
                     f"checksum; version refused, keeping version {self.current_version}")
             outstanding.discard(msg.index)
+        self.last_path = "tcp"
         return _unpack(manifest, buf)
+
+    def _pull_local(self, manifest: WeightManifest, buf: torch.Tensor, spans: list[tuple[int, int]]) -> bool:
+        """Same-host fast path: copy every bucket from the publisher's /dev/shm snapshot and verify it.
+
+        False when the snapshot is not reachable from here (other host, own /dev/shm, superseded):
+        the caller pulls over TCP instead. A checksum failure refuses the version like over TCP.
+        """
+        if not (self.cfg.weight_shm and manifest.shm_path and manifest.host == host_id()):
+            return False
+        src = map_read_only(manifest.shm_path, manifest.total_nbytes)
+        if src is None:
+            return False
+        raw = buf.numpy()
+        for i, (start, end) in enumerate(spans):
+            digest = xxhash.xxh3_64()
+            for pos in range(start, end, _HASH_STEP):  # hash each piece while it is still in cache
+                stop = min(pos + _HASH_STEP, end)
+                buf[pos:stop].copy_(src[pos:stop])
+                digest.update(raw[pos:stop])
+            if digest.intdigest() != manifest.bucket_checksums[i]:
+                raise WeightVerificationError(
+                    f"bucket {i} of version {manifest.version} from {self.address} (shared memory) failed its "
+                    f"checksum; version refused, keeping version {self.current_version}")
+        self.last_path = "shm"
+        return True
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         """Fresh memory per version, or the one reused staging buffer (warm pages: ~6x faster here)."""

@@ -160,6 +160,10 @@ class WeightManifest(_Msg, tag="weight_manifest"):
     """xxh3-64 of each bucket."""
     checksum: int
     """xxh3-64 over the manifest's tensor table and bucket checksums."""
+    shm_path: str | None = None
+    """Same-host fast path: the snapshot's file in /dev/shm (see `stgrl.actors.shm_snapshot`)."""
+    host: str | None = None
+    """`shm_snapshot.host_id()` of the publisher; the fast path is tried only on the same host."""
 
 
 class BucketRequest(_Msg, tag="bucket_request"):

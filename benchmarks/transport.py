@@ -5,7 +5,7 @@ actors on this machine, CURVE off and on.
 
 Measures
 - weight sync of a ~``--gb`` GB bf16 state dict, publisher actor -> subscriber actor (manifest, all
-  buckets, checksums), against a memcpy of the same bytes into a preallocated buffer in the
+  buckets, checksums) over TCP (CURVE off and on) and over the same-host /dev/shm path, against a memcpy of the same bytes into a preallocated buffer in the
   subscriber. First pull into fresh memory and steady-state pulls into a reused staging buffer.
 - msgspec (`stgrl.actors.wire`) vs pickle encode+decode of a realistic trajectory group, with and
   without its tensors. Pickle appears only here, as the baseline; actors never unpickle.
@@ -90,7 +90,7 @@ def _make_actors():
             got = self.sub.poll_latest(300)
             dt = time.perf_counter() - t0
             assert got is not None
-            return got[0], dt
+            return got[0], dt, self.sub.last_path
 
         def memcpy(self, nbytes, repeats):
             src = torch.ones(nbytes, dtype=torch.uint8)
@@ -151,17 +151,18 @@ def bench_weights(args, cfg, keys, curve: bool) -> dict:
     Learner, Worker, _, _ = _make_actors()
     learner = Learner.remote(cfg, keys, args.gb)
     address = ray.get(learner.address.remote())
-    out: dict = {"curve": curve}
+    out: dict = {"curve": curve, "path": "shm" if cfg.weight_shm else "tcp"}
     for reuse in (False, True):
         worker = Worker.remote(address, cfg, keys, keys.public if curve else None, reuse)
         pulls = []
         for r in range(args.repeats):
             version, nbytes, pack_s = ray.get(learner.publish.remote())
-            got_version, dt = ray.get(worker.pull.remote())
+            got_version, dt, path = ray.get(worker.pull.remote())
             assert got_version == version
+            assert path == ("shm" if cfg.weight_shm else "tcp"), path
             pulls.append(dt)
-            log.info("curve=%s reuse=%s pull %d: %.2f s (%.2f GB/s), publish/pack %.2f s", curve, reuse, r, dt,
-                     nbytes / dt / 1e9, pack_s)
+            log.info("curve=%s shm=%s reuse=%s pull %d: %.2f s (%.2f GB/s), publish/pack %.2f s", curve,
+                     cfg.weight_shm, reuse, r, dt, nbytes / dt / 1e9, pack_s)
         memcpy_s = ray.get(worker.memcpy.remote(nbytes, 3))
         ray.get(worker.close.remote())
         ray.kill(worker)
@@ -268,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results["encoding"] = bench_encoding(max(3, args.repeats))
         log.info("encoding: %s", results["encoding"])
-        for curve in (False, True):
-            cfg = TransportConfig(curve="on" if curve else "off", weight_bucket_mib=args.bucket_mib, timeout_s=300)
-            name = "curve" if curve else "plain"
-            results[f"latency_{name}"] = bench_latency(cfg, keys, curve, args.latency_n)
-            log.info("latency %s: %s", name, results[f"latency_{name}"])
+        for name, curve, shm in [("plain", False, False), ("curve", True, False), ("shm", False, True)]:
+            cfg = TransportConfig(curve="on" if curve else "off", weight_bucket_mib=args.bucket_mib, timeout_s=300,
+                                  weight_shm=shm)
+            if not shm:
+                results[f"latency_{name}"] = bench_latency(cfg, keys, curve, args.latency_n)
+                log.info("latency %s: %s", name, results[f"latency_{name}"])
             results[f"weights_{name}"] = bench_weights(args, cfg, keys, curve)
             log.info("weights %s: %s", name, results[f"weights_{name}"])
     finally:

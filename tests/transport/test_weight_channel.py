@@ -3,8 +3,11 @@ a corrupted version, late joiners, reports and timeouts that name the peer."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -14,6 +17,7 @@ import zmq
 
 from stgrl.actors.endpoints import TransportTimeout
 from stgrl.actors.security import CurveKeys, generate_keypair
+from stgrl.actors.shm_snapshot import PREFIX, SHM_DIR, map_read_only, sweep_stale
 from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
 from stgrl.actors.wire import WeightBucket, WireError, decode
 
@@ -48,9 +52,9 @@ def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) ->
         assert torch.equal(got[k].reshape(-1).view(torch.uint8), t.contiguous().reshape(-1).view(torch.uint8)), k
 
 
-@pytest.mark.parametrize("curve, reuse", [("on", False), ("off", True)])
-def test_versions_arrive_bit_exact_and_are_reported(tx, keys, curve, reuse):
-    cfg = tx.small_cfg(curve=curve, weight_window=2)
+@pytest.mark.parametrize("curve, reuse, shm", [("on", False, False), ("off", True, False), ("on", False, True)])
+def test_versions_arrive_bit_exact_and_are_reported(tx, keys, curve, reuse, shm):
+    cfg = tx.small_cfg(curve=curve, weight_window=2, weight_shm=shm)
     pub = WeightPublisher(cfg, keys)
     sub = WeightSubscriber(pub.address, cfg, keys, server_public=keys.public if pub.curve else None,
                            subscriber_id="w0", reuse_buffer=reuse)
@@ -61,6 +65,7 @@ def test_versions_arrive_bit_exact_and_are_reported(tx, keys, curve, reuse):
         assert len(manifest.bucket_checksums) >= 3
         version, got = sub.poll_latest(5)
         assert version == 1 == sub.current_version
+        assert sub.last_path == ("shm" if shm else "tcp")
         _assert_same(got, state_dict(1))
         assert sub.poll_latest(5) is None                                  # nothing newer
         pub.publish(2, state_dict(2))
@@ -128,7 +133,7 @@ class CorruptingProxy:
 
 
 def test_a_version_with_one_corrupted_bucket_is_refused_and_the_previous_stays(tx):
-    cfg = tx.small_cfg(curve="off")
+    cfg = tx.small_cfg(curve="off", weight_shm=False)
     pub = WeightPublisher(cfg)
     proxy = CorruptingProxy(pub.address, bucket=1)
     sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
@@ -156,7 +161,7 @@ def test_a_version_with_one_corrupted_bucket_is_refused_and_the_previous_stays(t
 
 
 def test_a_version_superseded_while_pulling_is_replaced_by_the_newer_one(tx):
-    cfg = tx.small_cfg(curve="off", weight_window=1)
+    cfg = tx.small_cfg(curve="off", weight_window=1, weight_shm=False)
     pub = WeightPublisher(cfg)
     proxy = CorruptingProxy(pub.address, bucket=-1, on_first_request=lambda: pub.publish(2, state_dict(2)))
     sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
@@ -169,6 +174,49 @@ def test_a_version_superseded_while_pulling_is_replaced_by_the_newer_one(tx):
         sub.close()
         proxy.close()
         pub.close()
+
+
+def test_same_host_snapshot_corrupted_in_shared_memory_is_refused(tx):
+    cfg = tx.small_cfg(curve="off", weight_shm=True)
+    pub = WeightPublisher(cfg)
+    sub = WeightSubscriber(pub.address, cfg)
+    try:
+        pub.publish(1, state_dict(1))
+        _, v1 = sub.poll_latest(5)
+        assert sub.last_path == "shm"
+        snapshot = {k: t.clone() for k, t in v1.items()}
+        manifest = pub.publish(2, state_dict(2))
+        assert not Path(pub_path_v1 := manifest.shm_path.replace("-2", "-1")).exists(), pub_path_v1  # released
+        with open(manifest.shm_path, "r+b") as f:  # flip one byte of bucket 2 in the real snapshot
+            f.seek(2 * manifest.bucket_nbytes + 5)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0x80]))
+        with pytest.raises(WeightVerificationError, match="bucket 2 of version 2 .*shared memory.* keeping version 1"):
+            sub.poll_latest(5)
+        assert sub.current_version == 1
+        _assert_same(v1, snapshot)
+    finally:
+        sub.close()
+        pub.close()
+    assert not Path(manifest.shm_path).exists()  # close removes the snapshot file
+
+
+def test_shm_paths_are_validated_and_stale_snapshots_swept(tmp_path):
+    assert map_read_only(str(tmp_path / "stgrl-weights-1-1"), 10) is None   # outside /dev/shm
+    assert map_read_only("/dev/shm/../etc/passwd", 10) is None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = SHM_DIR / f"{PREFIX}{dead.pid}-7"
+    stale.write_bytes(b"x")
+    mine = SHM_DIR / f"{PREFIX}{os.getpid()}-999999"
+    mine.write_bytes(b"x")
+    try:
+        assert sweep_stale() >= 1
+        assert not stale.exists() and mine.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+        mine.unlink(missing_ok=True)
 
 
 def test_waits_time_out_with_the_publishers_address(tx):
