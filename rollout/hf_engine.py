@@ -1,8 +1,9 @@
 """HF transformers rollout engine: batched ``generate`` (CPU default, the embedded demo; DESIGN 7).
 
-The prompt is processed once by the data pipeline; its tensors are expanded to a batch of G rows
-(text tensors repeated, ``pixel_values`` concatenated G times, ``image_grid_thw`` repeated — the
-model consumes images in row order) and sampled in one ``generate`` call.
+The prompt is processed once by the data pipeline and sampled G times in one ``generate`` call with
+``num_return_sequences=G``: transformers encodes the frames once and expands features and text tensors
+to G rows. `expand_group` is the explicit twin (text tensors repeated, ``pixel_values`` concatenated G
+times, ``image_grid_thw`` repeated) that the tests check it against.
 
 Behaviour log-probs come from ``output_logits`` (the raw logits, before any logits processor), as
 ``log_softmax(logits / T)`` at the sampled token — the convention of ``stgrl.rollout.engine`` and of
@@ -34,7 +35,11 @@ PER_ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def expand_group(model_inputs: Mapping[str, torch.Tensor], group_size: int) -> dict[str, torch.Tensor]:
-    """Batch-of-1 processor output -> G identical rows (the prompt is processed once, DESIGN 2.2)."""
+    """Batch-of-1 processor output -> G identical rows (the model consumes images in row order).
+
+    The reference for what ``num_return_sequences`` does inside ``generate`` (which additionally runs
+    the vision tower only once); also what a batch re-forward of one group looks like.
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in model_inputs.items():
         if key in PER_ROW_KEYS:
@@ -129,13 +134,22 @@ class HFEngine:
     @torch.no_grad()
     def generate_group(self, prompt: EnginePrompt, group_size: int,
                        sampling: SamplingSpec) -> list[Completion]:
-        """One batched ``generate`` of G rows; greedy when ``temperature == 0``."""
+        """One batched ``generate`` of G samples; greedy when ``temperature == 0``.
+
+        The batch-of-1 prompt goes in with ``num_return_sequences=G``: transformers runs the vision
+        tower once and expands the image features and text tensors to G rows itself (bit-identical to
+        feeding `expand_group`'s G rows, which encode the same pixels G times; see the tests). Greedy
+        samples coincide, so one is generated and repeated (HF refuses G > 1 without sampling).
+        """
         from transformers import GenerationConfig
 
-        inputs = {k: v.to(self._device) for k, v in expand_group(prompt.model_inputs, group_size).items()}
+        n = 1 if sampling.greedy else group_size
+        inputs = {k: v.to(self._device) for k, v in prompt.model_inputs.items()}
+        if inputs["input_ids"].shape[0] != 1:
+            raise ValueError(f"EnginePrompt holds one prompt, got input_ids {tuple(inputs['input_ids'].shape)}")
         prompt_len = inputs["input_ids"].shape[1]
         config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
+            max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy, num_return_sequences=n,
             temperature=None if sampling.greedy else sampling.temperature,
             top_p=None if sampling.greedy else sampling.top_p, top_k=None,
             eos_token_id=self._stop_ids, pad_token_id=self._pad_id,
@@ -149,10 +163,11 @@ class HFEngine:
                 torch.manual_seed(sampling.seed)
             out = self.model.generate(**inputs, generation_config=config, **extra)
         new_tokens = out.sequences[:, prompt_len:]
-        logits = torch.stack(out.logits, dim=1).float()  # [G, T, V], raw (unprocessed)
+        logits = torch.stack(out.logits, dim=1).float()  # [n, T, V], raw (unprocessed)
         logp = torch.log_softmax(logits / sampling.logprob_temperature, dim=-1)
         token_logp = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        return [self._completion(new_tokens[r], token_logp[r], sampling) for r in range(group_size)]
+        completions = [self._completion(new_tokens[r], token_logp[r], sampling) for r in range(n)]
+        return completions * (group_size // n)
 
     def _completion(self, tokens: torch.Tensor, logp: torch.Tensor, sampling: SamplingSpec) -> Completion:
         """Cut one row after its stop (later positions are padding): the first stop token, or the

@@ -128,3 +128,27 @@ def test_expand_group_repeats_rows_and_image_blocks(prepared_prompts):
     assert torch.equal(g["image_grid_thw"], mi["image_grid_thw"].repeat(3, 1))
     with pytest.raises(ValueError, match="expand"):
         expand_group({**mi, "mystery": torch.zeros(1)}, 2)
+
+
+def test_group_sampling_equals_the_explicitly_expanded_batch(hf_engine, prepared_prompts):
+    """``num_return_sequences`` (vision tower once) samples exactly what G explicit rows (pixels
+    concatenated G times) sample under the same seed: same tokens, same log-probs."""
+    from transformers import GenerationConfig
+
+    prepared = prepared_prompts[1]
+    spec = SamplingSpec(temperature=1.0, max_new_tokens=10, seed=4)
+    group = hf_engine.generate_group(EnginePrompt(prepared.model_inputs), 3, spec)
+    config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
+                              eos_token_id=hf_engine.stop_token_ids, pad_token_id=0,
+                              bad_words_ids=[[i] for i in hf_engine.suppressed_token_ids],
+                              output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        out = hf_engine.model.generate(**expand_group(prepared.model_inputs, 3), generation_config=config)
+    prompt_len = prepared.model_inputs["input_ids"].shape[1]
+    logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+    for r, c in enumerate(group):
+        n = len(c.token_ids)
+        assert out.sequences[r, prompt_len:prompt_len + n].tolist() == c.token_ids
+        ref = logp[r, :n].gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+        assert torch.allclose(ref, torch.tensor(c.behaviour_logprobs), atol=1e-6)
