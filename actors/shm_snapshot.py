@@ -19,6 +19,7 @@ import logging
 import mmap
 import os
 import socket
+import uuid
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class ShmSnapshot:
     """
 
     def __init__(self, nbytes: int, version: int) -> None:
-        self.path = SHM_DIR / f"{PREFIX}{os.getpid()}-{version}"
+        self.path = SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-v{version}"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(fd, 0, nbytes)
