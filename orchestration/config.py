@@ -8,6 +8,7 @@ happens here, before any work starts: unknown keys, wrong types and out-of-range
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from pathlib import Path
@@ -169,8 +170,22 @@ def config_from_dict(tree: dict) -> Config:
         cfg = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as e:
         raise _explain(e) from None
+    _check_finite(msgspec.to_builtins(cfg))
     check_consistency(cfg)
     return cfg
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """No NaN or infinity anywhere (bounds alone let `inf` through: an infinite timeout would
+    disable a hang guard, an infinite reward weight turns a 0 component into NaN)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"invalid value for config key '{key}': {node} (must be a finite number)")
 
 
 def check_consistency(cfg: Config) -> None:

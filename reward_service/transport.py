@@ -32,7 +32,11 @@ def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None =
     sock.setsockopt(zmq.RCVHWM, high_water_mark)
     if bind_host is not None:
         if bind_host not in LOOPBACK:
-            log.warning("reward socket bound to %s without CurveZMQ (not wired in yet)", bind_host)
+            # CurveZMQ is not wired into the reward service yet: an exposed plaintext socket would let
+            # anyone on the network feed or read rewards, so refuse rather than warn (DESIGN 6).
+            sock.close(0)
+            raise ValueError(f"reward shard may only bind to loopback (CurveZMQ is not wired in yet), "
+                             f"not {bind_host!r}")
         port = sock.bind_to_random_port(f"tcp://{bind_host}")
         return sock, f"tcp://{bind_host}:{port}"
     assert connect is not None

@@ -96,6 +96,9 @@ def read_records(
             except msgspec.DecodeError as e:
                 report.skip(lineno, "invalid_json", str(e))
                 continue
+            except UnicodeDecodeError as e:  # msgspec raises it for bytes that are not UTF-8
+                report.skip(lineno, "invalid_json", f"not valid UTF-8: {e}")
+                continue
             if rec.id in seen:
                 report.skip(lineno, "duplicate_id", f"id {rec.id!r} seen before")
                 continue
