@@ -3,6 +3,7 @@ rejection of malformed messages, back-pressure, and restarts of either side."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -158,6 +159,9 @@ def _actors():
         def stats(self):
             return self.rx.stats
 
+        def pid(self):
+            return os.getpid()
+
     @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=0)
     class Sender:
         def __init__(self, address, cfg, keys, make_group, make_tensors):
@@ -172,8 +176,8 @@ def _actors():
             self.tx.flush()
             return self.tx.resends
 
-        def pending(self):
-            return self.tx.pending
+        def pid(self):
+            return os.getpid()
 
     return Receiver, Sender
 
@@ -219,9 +223,13 @@ def test_receiver_killed_mid_stream_then_restarted_delivers_each_group_exactly_o
     while len(consumed) < 15:
         take(commit=True)
     assert take(commit=False) > 0       # the consumer holds these, but no ack went out yet
+    old_pid = ray.get(rx.pid.remote(), timeout=60)
     ray.kill(rx, no_restart=False)      # receiver dies mid-stream; Ray restarts it on the same port
-    _when_back(lambda: rx.stats.remote())
-    ray.get(rx.commit.remote(list(consumed)), timeout=60)  # the consumer tells it what it holds
+    deadline = time.monotonic() + 60
+    while _when_back(lambda: rx.pid.remote()) == old_pid:  # ray.kill is asynchronous
+        assert time.monotonic() < deadline, "receiver actor was not restarted"
+        time.sleep(0.1)
+    _when_back(lambda: rx.commit.remote(list(consumed)))  # the consumer tells it what it holds
     deadline = time.monotonic() + 60
     while len(consumed) < n and time.monotonic() < deadline:
         take(commit=True)
@@ -249,8 +257,12 @@ def test_sender_killed_and_regenerating_everything_causes_no_duplicates(ray_clus
         got: list[TrajectoryGroup] = []
         while len(got) < n // 3:
             got.append(rx.recv(30)[0])
+        old_pid = ray.get(sender.pid.remote(), timeout=60)
         ray.kill(sender, no_restart=False)                  # dies mid-stream ...
-        _when_back(lambda: sender.pending.remote())
+        deadline = time.monotonic() + 60
+        while _when_back(lambda: sender.pid.remote()) == old_pid:  # ray.kill is asynchronous
+            assert time.monotonic() < deadline, "sender actor was not restarted"
+            time.sleep(0.1)
         done = sender.send_range.remote(0, n)               # ... and regenerates every prompt
         while len(got) < n:
             got.append(rx.recv(30)[0])
