@@ -70,6 +70,7 @@ class RewardClient:
         self.cfg = cfg
         self.max_in_flight = max_in_flight_per_shard
         self.max_attempts = max_attempts if max_attempts is not None else max(3, 2 * len(shards))
+        self.lookup_timeout_s = lookup_timeout_s
         self.duplicate_replies = 0
         self.retries = 0
         self._ids = itertools.count(1)
@@ -127,11 +128,14 @@ class RewardClient:
         queue: deque[_Job] = deque(_Job(i) for i in range(len(batches)))
         pending: dict[int, tuple[_Job, _Link, float]] = {}
         sent_batch: dict[int, int] = {}  # every request id of this call -> its batch
+        give_up = time.monotonic() + self.lookup_timeout_s + self.max_attempts * self.cfg.deadline_s
         while remaining:
             now = time.monotonic()
             self._refresh(now)
             self._dispatch(queue, pending, sent_batch, bodies, now)
             if not pending:
+                if now > give_up:
+                    raise RewardServiceError(f"no reward shard came back within {self.lookup_timeout_s:.0f} s")
                 self._wait_for_a_shard(now)
                 continue
             next_deadline = min(d for _, _, d in pending.values())
@@ -188,8 +192,10 @@ class RewardClient:
             sent_batch[rid] = job.batch
 
     def _pick(self, tried: set[int], now: float) -> _Link | None:
-        """A free live shard, preferring one this batch has not tried, then the least loaded."""
-        free = [lk for lk in self._links if not lk.dead and lk.down_until <= now and len(lk.in_flight) < self.max_in_flight]
+        """A free live shard, preferring one this batch has not tried, then the least loaded. A shard
+        being looked up again (it failed; Ray may be restarting it elsewhere) waits for the answer."""
+        free = [lk for lk in self._links if not lk.dead and lk.resolving is None and lk.down_until <= now
+                and len(lk.in_flight) < self.max_in_flight]
         if not free:
             return None
         return min(free, key=lambda lk: (lk.index in tried, len(lk.in_flight), lk.index))
@@ -232,7 +238,9 @@ class RewardClient:
             job.attempts += 1
             self.retries += 1
             if job.attempts >= self.max_attempts:
-                raise RewardServiceError(f"a batch failed {job.attempts} times (last on shard {link.index}, {why})")
+                tried = ", ".join(f"{i} ({self._links[i].address})" for i in sorted(job.tried))
+                raise RewardServiceError(f"a batch failed {job.attempts} times (last on shard {link.index} at "
+                                         f"{link.address}, {why}; tried shards {tried})")
             queue.appendleft(job)
         if link.handle is not None and link.resolving is None:
             link.resolving = link.handle.address.remote()
@@ -256,7 +264,8 @@ class RewardClient:
                 link.dead = True
                 continue
             except ray.exceptions.RayActorError:
-                continue  # restarting: the next failure looks it up again
+                link.resolving = link.handle.address.remote()  # restarting: ask again
+                continue
             if addr != link.address:
                 log.info("reward shard %d moved to %s", link.index, addr)
                 self._disconnect(link)
@@ -268,6 +277,7 @@ class RewardClient:
     def _wait_for_a_shard(self, now: float) -> None:
         alive = [lk for lk in self._links if not lk.dead]
         if not alive:
-            raise RewardServiceError("every reward shard is dead")
+            shards = ", ".join(f"{lk.index} ({lk.address})" for lk in self._links)
+            raise RewardServiceError(f"every reward shard is dead: {shards}")
         soonest = min(lk.down_until for lk in alive)
-        time.sleep(min(0.05, max(0.0, soonest - now)) or 0.001)
+        time.sleep(min(0.05, max(0.0, soonest - now)) or 0.01)

@@ -59,3 +59,29 @@ def test_kill_one_shard_mid_stream_every_request_answered_once(ray_cluster, samp
         assert len({s.id for s in got}) == 40 and all(s.error is None for s in got)
     finally:
         stop_reward_service(handles, client)
+
+
+@pytest.mark.timeout(150)
+def test_a_crashed_shard_is_restarted_by_ray_and_found_at_its_new_address(ray_cluster, samples_of):
+    from stgrl.reward_service.service import start_reward_service, stop_reward_service
+
+    ray = ray_cluster
+    cfg = RewardConfig(batch_size=16, deadline_s=1.0)
+    handles, client = start_reward_service(1, cfg, num_cpus=0.5)
+    try:
+        before = ray.get(handles[0].address.remote(), timeout=30)
+        ray.kill(handles[0], no_restart=False)  # a crash: Ray restarts the actor (max_restarts)
+        after, give_up = before, time.monotonic() + 90
+        while after == before and time.monotonic() < give_up:
+            try:
+                after = ray.get(handles[0].address.remote(), timeout=30)
+            except ray.exceptions.RayActorError:  # still restarting
+                time.sleep(0.2)
+        assert after != before, "Ray did not restart the shard"
+        batch = samples_of(40, seed=5, prefix="restart-")
+        # the client still knows the old port: deadline, look-up, reconnect, retry
+        got = client.score(batch, 2, 40)
+        assert got == score_batch(batch, 2, 40, cfg)
+        assert client.retries >= 1 and client.live_shards == 1
+    finally:
+        stop_reward_service(handles, client)
