@@ -60,9 +60,10 @@ def test_worker_generates_per_version_and_switches(ray_cluster, tiny_vl_dir, sha
         publisher.publish(1, v1)
         assert ray.get(worker.sync_weights.remote(30.0), timeout=60) == 1
         # generate returns once its groups are acknowledged, so receive while it runs (as the driver does)
-        ref = worker.generate.remote([records[0], records[1]], 0)
+        missing = msgspec.structs.replace(records[2], id="no-media", video_path="videos/not-there.mp4")
+        ref = worker.generate.remote([records[0], missing, records[1]], 0)
         first = _receive(receiver, 2)
-        assert ray.get(ref, timeout=120) == 2
+        assert ray.get(ref, timeout=120) == 2, "a record whose media is missing is skipped, not fatal"
 
         publisher.publish(2, v2)
         assert ray.get(worker.version.remote(), timeout=30) == 1, "weights change only in sync_weights"
@@ -80,7 +81,7 @@ def test_worker_generates_per_version_and_switches(ray_cluster, tiny_vl_dir, sha
 
     assert [g.policy_version for g, _ in first] == [1, 1] and second[0][0].policy_version == 2
     assert {g.group_id for g, _ in first} == {f"0/{records[0].id}", f"0/{records[1].id}"}
-    assert stats["groups"] == 3 and stats["samples"] == 9 and stats["tokens_per_s"] > 0
+    assert stats["groups"] == 3 and stats["samples"] == 9 and stats["skipped"] == 1 and stats["tokens_per_s"] > 0
 
     by_id = {p.record.id: p for p in prepared_prompts}
     for group, tensors in first + second:
