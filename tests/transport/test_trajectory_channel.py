@@ -253,11 +253,12 @@ def test_sender_killed_and_regenerating_everything_causes_no_duplicates(ray_clus
     rx = TrajectoryReceiver(cfg, keys, auto_commit=True)
     try:
         sender = Sender.remote(rx.address, cfg, keys, tx.make_group, tx.make_tensors)
-        sender.send_range.remote(0, n, 0.05)
+        old_pid = ray.get(sender.pid.remote(), timeout=60)  # before it is busy sending
+        first = sender.send_range.remote(0, n, 0.05)
         got: list[TrajectoryGroup] = []
         while len(got) < n // 3:
             got.append(rx.recv(30)[0])
-        old_pid = ray.get(sender.pid.remote(), timeout=60)
+        assert not ray.wait([first], timeout=0)[0]  # the sender is still mid-stream
         ray.kill(sender, no_restart=False)                  # dies mid-stream ...
         deadline = time.monotonic() + 60
         while _when_back(lambda: sender.pid.remote()) == old_pid:  # ray.kill is asynchronous
