@@ -146,7 +146,13 @@ def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConf
     if num_gpus_per_rank:
         bundle["GPU"] = num_gpus_per_rank
     pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK")
-    ray.get(pg.ready(), timeout=timeout_s)
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)  # a pending group would otherwise wait (and hold its claim) forever
+        raise TimeoutError(f"learner placement group of {num_ranks} rank(s) x {bundle} not placed within "
+                           f"{timeout_s:.0f}s (cluster has {ray.cluster_resources()}): not enough "
+                           f"`learner` resources, CPUs or GPUs") from None
     addr, port = ray.get(_address_and_free_port.options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote(),
         timeout=timeout_s)
