@@ -208,9 +208,13 @@ class RolloutWorkerImpl:
                 "version": float(self.engine.version)}
 
     def close(self) -> None:
+        """Close both channels and stop the engine (vLLM's engine core holds a process and memory)."""
         for channel in (self._subscriber, self._sender):
             if channel is not None:
                 channel.close()
+        close_engine = getattr(self.engine, "close", None)
+        if close_engine is not None:
+            close_engine()
 
     def _engine_prompt(self, prepared: PreparedPrompt) -> EnginePrompt:
         """vLLM runs its own processor on the frames: hand it the cached decode (no second decode)."""

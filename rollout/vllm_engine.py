@@ -50,9 +50,8 @@ class VLLMEngine:
     def __init__(self, model_path: str | Path, *, dtype: str = "float32", gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 2048, seed: int = 0, enforce_eager: bool = True,
                  max_images_per_prompt: int = 16, in_process: bool = True, **engine_kwargs: Any) -> None:
-        if in_process:
-            # Must be set before vLLM reads its env; the actor owns its process, so this is local to it.
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Read by vLLM when the LLM is built; the actor owns its process, so this is local to it.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         from vllm import LLM
 
         started = time.perf_counter()
@@ -104,6 +103,10 @@ class VLLMEngine:
         self._version = version
         logger.info("vLLM engine at version %d (%d tensors, %.3f s)", version, len(pairs),
                     time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Stop the engine core (and its process in multi-process mode); the engine is unusable after."""
+        self._llm.llm_engine.engine_core.shutdown()
 
     def _validate(self, pairs: list[tuple[str, torch.Tensor]], version: int) -> None:
         """Names and shapes against the checkpoint, before vLLM is touched.
