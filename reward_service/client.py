@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from stgrl.actors.security import CurveKeys
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.transport import create_socket
@@ -64,13 +65,15 @@ class RewardClient:
     """Scores batches on reward shards given as Ray actor handles or `tcp://` addresses."""
 
     def __init__(self, shards: Sequence[Any], cfg: RewardConfig, *, max_in_flight_per_shard: int = 2,
-                 max_attempts: int | None = None, lookup_timeout_s: float = 60.0) -> None:
+                 max_attempts: int | None = None, lookup_timeout_s: float = 60.0,
+                 keys: CurveKeys | None = None) -> None:
         if not shards:
             raise ValueError("RewardClient needs at least one shard")
         self.cfg = cfg
         self.max_in_flight = max_in_flight_per_shard
         self.max_attempts = max_attempts if max_attempts is not None else max(3, 2 * len(shards))
         self.lookup_timeout_s = lookup_timeout_s
+        self._keys = keys
         self.duplicate_replies = 0
         self.retries = 0
         self._ids = itertools.count(1)
@@ -80,7 +83,7 @@ class RewardClient:
         addresses = self._addresses(shards, lookup_timeout_s)
         self._links = []
         for i, (shard, addr) in enumerate(zip(shards, addresses)):
-            sock, _ = create_socket(self._ctx, zmq.DEALER, connect=addr)
+            sock, _ = create_socket(self._ctx, zmq.DEALER, connect=addr, curve_keys=keys)
             link = _Link(index=i, address=addr, sock=sock, handle=None if isinstance(shard, str) else shard)
             self._links.append(link)
             self._register(link)
@@ -269,7 +272,7 @@ class RewardClient:
             if addr != link.address:
                 log.info("reward shard %d moved to %s", link.index, addr)
                 self._disconnect(link)
-                link.sock, link.address = create_socket(self._ctx, zmq.DEALER, connect=addr)
+                link.sock, link.address = create_socket(self._ctx, zmq.DEALER, connect=addr, curve_keys=self._keys)
                 link.in_flight.clear()
                 link.down_until = 0.0
                 self._register(link)

@@ -14,6 +14,7 @@ import time
 import msgspec
 import zmq
 
+from stgrl.actors.security import CurveKeys, CurveServer
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import ShardStats
@@ -38,11 +39,13 @@ class ShardServer:
     """Serves scoring requests until `stop()`. `on_request(latency_s, n_samples)` (e.g. a metrics
     exporter) is called after each reply."""
 
-    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, on_request=None) -> None:
+    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, on_request=None,
+                 keys: CurveKeys | None = None) -> None:
         self.shard_id = shard_id
         self.cfg = cfg
         self.stats = ShardStats()
         self._host = host
+        self._keys = keys
         self._on_request = on_request
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -73,11 +76,14 @@ class ShardServer:
 
     def _serve(self) -> None:
         ctx = zmq.Context()
+        curve = CurveServer(ctx, self._keys) if self._keys is not None else None
         try:
-            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host)
+            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve)
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()
+            if curve is not None:
+                curve.stop()
             ctx.term()
             return
         self._ready.set()
@@ -96,6 +102,8 @@ class ShardServer:
                     self._on_request(time.perf_counter() - t0, n_scored)
         finally:
             sock.close(0)
+            if curve is not None:
+                curve.stop()
             ctx.term()
 
     def _handle(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:

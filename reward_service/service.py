@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from stgrl.actors.security import CurveKeys
 from stgrl.reward_service.client import RewardClient, RewardServiceError
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import RayMetricsExporter
@@ -28,9 +29,10 @@ class RewardShard:
     """One reward shard. Its socket serves from a background thread, so `stats()` and `address()`
     answer while it scores. After a restart it binds a new port: clients look `address()` up again."""
 
-    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, export_metrics: bool = True):
+    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, export_metrics: bool = True,
+                 keys: CurveKeys | None = None):
         self._exporter = RayMetricsExporter(shard_id) if export_metrics else None
-        self._server = ShardServer(shard_id, cfg, host, on_request=self._export)
+        self._server = ShardServer(shard_id, cfg, host, on_request=self._export, keys=keys)
         self._server.start()
 
     def _export(self, latency_s: float, n_samples: int) -> None:
@@ -50,13 +52,16 @@ class RewardShard:
 
 
 def start_reward_service(num_shards: int, cfg: RewardConfig, *, num_cpus: float = 1.0, host: str = DEFAULT_HOST,
-                         start_timeout_s: float = 120.0) -> tuple[list[Any], RewardClient]:
+                         start_timeout_s: float = 120.0, keys: CurveKeys | None = None,
+                         ) -> tuple[list[Any], RewardClient]:
     """Start `num_shards` shard actors (each asks for one `reward` resource) and a client to them.
 
-    Needs a running Ray (`ray.init` is the caller's job). Blocks until every shard listens.
+    Needs a running Ray (`ray.init` is the caller's job). Blocks until every shard listens. With the
+    run's CURVE `keys` the shards are authenticated CURVE servers (required off loopback) and the
+    client presents the same keys.
     """
-    handles = [RewardShard.options(num_cpus=num_cpus).remote(i, cfg, host) for i in range(num_shards)]
-    client = RewardClient(handles, cfg, lookup_timeout_s=start_timeout_s)
+    handles = [RewardShard.options(num_cpus=num_cpus).remote(i, cfg, host, True, keys) for i in range(num_shards)]
+    client = RewardClient(handles, cfg, lookup_timeout_s=start_timeout_s, keys=keys)
     log.info("reward service up: %d shard(s)", num_shards)
     return handles, client
 

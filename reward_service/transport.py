@@ -1,5 +1,7 @@
-"""Socket creation for the reward service, in one function so security (CurveZMQ, DESIGN 6) plugs in
-at one place. Shards bind to loopback by default; binding elsewhere must come with CURVE."""
+"""Socket creation for the reward service, in one function so security (CurveZMQ, DESIGN 6) is applied
+at one place. Shards bind to loopback by default; binding anywhere else requires the run's CURVE keys
+(`stgrl.actors.security`): the shard becomes an authenticated CURVE server and clients must present
+the run's key pair."""
 
 from __future__ import annotations
 
@@ -7,17 +9,22 @@ import logging
 
 import zmq
 
+from stgrl.actors.security import CurveKeys, CurveServer, apply_client, is_loopback
 from stgrl.reward_service.wire import MAX_MESSAGE_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 log = logging.getLogger(__name__)
 
 
 def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None = None,
-                  connect: str | None = None, high_water_mark: int = 1000) -> tuple[zmq.Socket, str]:
+                  connect: str | None = None, high_water_mark: int = 1000,
+                  curve_server: CurveServer | None = None, curve_keys: CurveKeys | None = None,
+                  ) -> tuple[zmq.Socket, str]:
     """A socket that either binds to a random port on `bind_host` or connects to `connect`.
+
+    Security: a bound socket with `curve_server` is a CURVE server (needed off loopback); a connecting
+    socket with `curve_keys` is a CURVE client of a server using the same run keys.
 
     Returns the socket and its endpoint (`tcp://host:port`). Linger 0: a closing socket drops what it
     could not send (the client retries by deadline anyway) instead of blocking shutdown; messages over
@@ -31,14 +38,16 @@ def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None =
     sock.setsockopt(zmq.SNDHWM, high_water_mark)
     sock.setsockopt(zmq.RCVHWM, high_water_mark)
     if bind_host is not None:
-        if bind_host not in LOOPBACK:
-            # CurveZMQ is not wired into the reward service yet: an exposed plaintext socket would let
-            # anyone on the network feed or read rewards, so refuse rather than warn (DESIGN 6).
+        if curve_server is not None:
+            curve_server.apply(sock)
+        elif not is_loopback(bind_host):
+            # an exposed plaintext socket would let anyone on the network feed or read rewards
             sock.close(0)
-            raise ValueError(f"reward shard may only bind to loopback (CurveZMQ is not wired in yet), "
-                             f"not {bind_host!r}")
+            raise ValueError(f"reward shard may bind to {bind_host!r} (not loopback) only with CURVE keys")
         port = sock.bind_to_random_port(f"tcp://{bind_host}")
         return sock, f"tcp://{bind_host}:{port}"
     assert connect is not None
+    if curve_keys is not None:
+        apply_client(sock, curve_keys.public, curve_keys)
     sock.connect(connect)
     return sock, connect

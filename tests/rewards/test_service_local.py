@@ -129,3 +129,29 @@ def test_prometheus_names_and_stats(samples_of):
     assert snap["latency_s"]["p50"] == 0.002 and snap["latency_s"]["max"] == 0.004
     fmt = [s.components["format"] for s in scores]
     assert snap["components"]["format"] == pytest.approx(sum(fmt) / len(fmt))
+
+
+@pytest.mark.timeout(60)
+def test_curve_shard_serves_only_clients_with_the_run_keys(samples_of):
+    from stgrl.actors.security import CurveKeys, generate_keypair
+
+    keys = CurveKeys(*generate_keypair())
+    srv = ShardServer(0, CFG, keys=keys)
+    srv.start()
+    samples = samples_of(10)
+    try:
+        with RewardClient([srv.address], CFG, keys=keys) as client:
+            assert client.score(samples, 0, 10) == score_batch(samples, 0, 10, CFG)
+        for wrong in (None, CurveKeys(*generate_keypair())):  # plaintext client; another run's keys
+            with RewardClient([srv.address], CFG, keys=wrong, max_attempts=1) as client, \
+                    pytest.raises(RewardServiceError):
+                client.score(samples, 0, 10)
+        assert srv.stats.samples == 10  # only the authenticated client's request was ever scored
+    finally:
+        srv.stop()
+
+
+def test_binding_off_loopback_needs_keys():
+    srv = ShardServer(0, CFG, host="0.0.0.0")
+    with pytest.raises(RuntimeError, match="only with CURVE keys"):
+        srv.start()
