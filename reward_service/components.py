@@ -137,28 +137,43 @@ def _frame(frame_size: list[float]) -> tuple[float, float]:
     return (w if w > 0 and math.isfinite(w) else 1.0), (h if h > 0 and math.isfinite(h) else 1.0)
 
 
+def _prepared_frame(objects: dict[str, list[Box]], object_match: str) -> list[tuple[str, list[Box]]]:
+    """Ground truth of one key frame as `(normalized name, clamped boxes)`; `any` keeps objects apart
+    too (the claim is scored against its best object)."""
+    out: dict[str, list[Box]] = {}
+    for name, boxes in objects.items():
+        key = normalize_object_name(name) if object_match == "name" else name
+        out.setdefault(key, []).extend(clamp_box(b) for b in boxes if len(b) == 4)
+    return list(out.items())
+
+
 def claim_score(claim: Claim, key_frames: list[KeyFrame], key_items: dict[str, dict[str, list[Box]]],
-                frame_size: list[float], gate_delta_s: float | None, object_match: str) -> float:
+                frame_size: list[float], gate_delta_s: float | None, object_match: str,
+                _prepared: dict | None = None) -> float:
     """Score of one claim: nearest key frame `k*`; if `gate_delta_s` is set and `|t - tau_k*| > delta`
     the gate is closed (0). Otherwise optimal one-to-one matching against the ground-truth boxes of the
-    same object in `k*` (`object_match="name"`) or of the best-scoring object (`"any"`, reference)."""
+    same object in `k*` (`object_match="name"`) or of the best-scoring object (`"any"`, reference).
+    `_prepared` caches per-frame ground truth across the claims of one sample."""
     if claim.time is None or not key_frames:
         return 0.0
     kf, d = _nearest(claim.time, key_frames)
     if gate_delta_s is not None and d > gate_delta_s:
         return 0.0
-    objects = key_items.get(str(kf.idx), {})
-    if not objects:
+    cache = _prepared if _prepared is not None else {}
+    frame = cache.get(kf.idx)
+    if frame is None:
+        frame = cache[kf.idx] = _prepared_frame(key_items.get(str(kf.idx), {}), object_match)
+    if not frame:
         return 0.0
-    w, h = _frame(frame_size)
+    w, h = cache.get("wh") or cache.setdefault("wh", _frame(frame_size))
     pred = [None if b is None else clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h]) for b in claim.boxes]
     if object_match == "name":
         want = normalize_object_name(claim.name)
-        gt = [clamp_box(b) for name, boxes in objects.items() if normalize_object_name(name) == want
-              for b in boxes if len(b) == 4]
-        return unit(match_score(pred, gt))
-    return unit(max(match_score(pred, [clamp_box(b) for b in boxes if len(b) == 4])
-                    for boxes in objects.values()))
+        for name, gt in frame:
+            if name == want:
+                return unit(match_score(pred, gt))
+        return 0.0
+    return unit(max(match_score(pred, gt) for _, gt in frame))
 
 
 def spatial_reward(parsed: ParsedCompletion, key_frames: list[KeyFrame],
@@ -166,8 +181,10 @@ def spatial_reward(parsed: ParsedCompletion, key_frames: list[KeyFrame],
                    gate_delta_s: float | None, object_match: str) -> float:
     """Mean claim score over all parsed claims (ungated claims count 0); 0 without claims.
     `gate_delta_s=None` is the ungated ("plain") ablation baseline."""
-    if not parsed.claims:
+    claims = parsed.claims
+    if not claims:
         return 0.0
-    total = sum(claim_score(c, key_frames, key_items, frame_size, gate_delta_s, object_match)
-                for c in parsed.claims)
-    return unit(total / len(parsed.claims))
+    prepared: dict = {}
+    total = sum(claim_score(c, key_frames, key_items, frame_size, gate_delta_s, object_match, prepared)
+                for c in claims)
+    return unit(total / len(claims))
