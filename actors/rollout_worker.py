@@ -38,6 +38,7 @@ from stgrl.rollout.config import DataConfig, RolloutConfig
 from stgrl.rollout.data.records import Record
 from stgrl.rollout.engine import EnginePrompt, RolloutEngine, SamplingSpec, build_engine
 from stgrl.rollout.video import MediaError, PreparedPrompt, VideoCache, prepare_prompt
+from stgrl.rollout.video import _size_kwargs as image_size_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class RolloutWorkerImpl:
         self.spec = spec
         self.engine: RolloutEngine = build_engine(spec.rollout.engine, spec.model_path, dtype=spec.dtype,
                                                   gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                                                  seed=spec.seed)
+                                                  seed=spec.seed, max_images_per_prompt=spec.data.max_frames)
         self.processor = AutoProcessor.from_pretrained(spec.model_path)
         self.cache = VideoCache(capacity=64)
         self._subscriber = None
@@ -223,7 +224,8 @@ class RolloutWorkerImpl:
         record = prepared.record
         still = record.task == "spatial" and record.image_path is not None
         media = self.cache.get(Path(self.spec.dataset_dir) / record.media_path, self.spec.data, still=still)
-        return EnginePrompt(prepared.model_inputs, images=list(media.frames))
+        return EnginePrompt(prepared.model_inputs, images=list(media.frames),
+                            processor_kwargs=image_size_kwargs(self.spec.data))
 
 
 def rollout_worker_options(cfg: RolloutConfig) -> dict[str, Any]:

@@ -70,6 +70,9 @@ class EnginePrompt:
 
     model_inputs: Mapping[str, torch.Tensor]
     images: list[np.ndarray] = field(default_factory=list)
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments the data pipeline gave the processor for ``images`` (the resize bounds), so an
+    engine that re-runs the processor produces the same pixels and placeholder count."""
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -122,7 +125,7 @@ def named_tensors(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Ite
 
 
 def build_engine(kind: Literal["hf", "vllm"], model_path: str, *, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.5, seed: int = 0) -> RolloutEngine:
+                 gpu_memory_utilization: float = 0.5, seed: int = 0, max_images_per_prompt: int = 16) -> RolloutEngine:
     """The engine named by ``RolloutConfig.engine``; each implementation is imported only when chosen."""
     if kind == "hf":
         from stgrl.rollout.hf_engine import HFEngine
@@ -131,5 +134,6 @@ def build_engine(kind: Literal["hf", "vllm"], model_path: str, *, dtype: str = "
     if kind == "vllm":
         from stgrl.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+        return VLLMEngine(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                          max_images_per_prompt=max_images_per_prompt)
     raise ValueError(f"unknown rollout engine {kind!r}; valid: 'hf', 'vllm'")

@@ -149,6 +149,8 @@ class VLLMEngine:
         request: dict[str, Any] = {"prompt_token_ids": prompt.prompt_ids}
         if prompt.images:
             request["multi_modal_data"] = {"image": list(prompt.images)}
+            if prompt.processor_kwargs:
+                request["mm_processor_kwargs"] = dict(prompt.processor_kwargs)
         (output,) = self._llm.generate([request], params, use_tqdm=False)
         completions = []
         for sample in output.outputs:
