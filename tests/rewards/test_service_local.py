@@ -155,3 +155,51 @@ def test_binding_off_loopback_needs_keys():
     srv = ShardServer(0, CFG, host="0.0.0.0")
     with pytest.raises(RuntimeError, match="only with CURVE keys"):
         srv.start()
+
+
+class SlowShard:
+    """A real ROUTER socket that scores correctly but answers each request `delay_s` late."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.ctx = zmq.Context()
+        self.sock, self.address = create_socket(self.ctx, zmq.ROUTER, bind_host="127.0.0.1")
+        self.answered = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(20):
+                continue
+            ident, _, rid, body = self.sock.recv_multipart()
+            req = wire.request_decoder.decode(body)
+            self._stop.wait(self.delay_s)
+            scores = score_batch(req.samples, req.step, req.total_steps, CFG)
+            reply = wire.ScoreReply(shard=9, scores=scores, handle_s=self.delay_s)
+            self.sock.send_multipart([ident, wire.STATUS_OK, rid, wire.encoder.encode(reply)])
+            self.answered += 1
+        self.sock.close(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+        self.ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_late_answers_are_deduplicated_never_counted_twice(samples_of):
+    """One shard answers after the deadline (its batches are re-sent to the other): whichever copy comes
+    back first is used, the other is dropped, and every sample is returned exactly once."""
+    late, ok = SlowShard(0.45), SlowShard(0.12)
+    samples = samples_of(64, seed=3)  # 8 batches of 8: the call outlives the late shard's first answers
+    try:
+        with RewardClient([late.address, ok.address], CFG) as client:
+            got = client.score(samples, 4, 10)
+            assert client.retries >= 1 and client.duplicate_replies >= 1
+    finally:
+        late.close()
+        ok.close()
+    assert got == score_batch(samples, 4, 10, CFG)
+    assert late.answered + ok.answered > 8  # some batches really were scored twice by the shards
