@@ -5,8 +5,9 @@ actors on this machine, CURVE off and on.
 
 Measures
 - weight sync of a ~``--gb`` GB bf16 state dict, publisher actor -> subscriber actor (manifest, all
-  buckets, checksums) over TCP (CURVE off and on) and over the same-host /dev/shm path, against a memcpy of the same bytes into a preallocated buffer in the
-  subscriber. First pull into fresh memory and steady-state pulls into a reused staging buffer.
+  buckets, checksums) over TCP (CURVE off and on) and over the same-host /dev/shm path, best of
+  ``--repeats`` pulls into fresh memory and into a reused staging buffer, against a memcpy of the
+  same bytes into a preallocated buffer in the subscriber.
 - msgspec (`stgrl.actors.wire`) vs pickle encode+decode of a realistic trajectory group, with and
   without its tensors. Pickle appears only here, as the baseline; actors never unpickle.
 - small-message (Control) round-trip latency p50/p99 over DEALER/ROUTER.
@@ -167,7 +168,7 @@ def bench_weights(args, cfg, keys, curve: bool) -> dict:
         ray.get(worker.close.remote())
         ray.kill(worker)
         key = "reuse" if reuse else "fresh"
-        best = min(pulls) if reuse else pulls[0]
+        best = min(pulls)
         out[key] = {"pull_s": pulls, "gbps": nbytes / best / 1e9, "memcpy_gbps": nbytes / memcpy_s / 1e9,
                     "ratio_vs_memcpy": memcpy_s / best}
         out["nbytes"] = nbytes
