@@ -77,6 +77,9 @@ def match_score(pred: list[Box | None], gt: list[Box]) -> float:
     that match nothing. Result in [0, 1]; 0 if either side is empty."""
     if not pred or not gt:
         return 0.0
+    if len(pred) == 1 or len(gt) == 1:  # one side single: the optimum is the best pair
+        best = max((box_iou(p, g) for p in pred if p is not None for g in gt), default=0.0)
+        return best / max(len(pred), len(gt))
     m = _iou_matrix(pred, gt)
     if len(pred) > len(gt):
         m = [list(col) for col in zip(*m)]

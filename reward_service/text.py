@@ -41,8 +41,9 @@ class _Tokenizer:
     def _tokenize(self, text: str) -> tuple[str, ...]:
         text = tokenize.NON_ALPHANUM_RE.sub(" ", text.lower())
         stem = self._stem
-        tokens = [stem(x) if len(x) > 3 else x for x in tokenize.SPACES_RE.split(text)]
-        return tuple(x for x in tokens if tokenize.VALID_TOKEN_RE.match(x))
+        # after the substitution every piece is [a-z0-9]* (stems of such words too), so the library's
+        # final VALID_TOKEN_RE filter only drops empty pieces
+        return tuple(stem(x) if len(x) > 3 else x for x in text.split() if x)
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,8 +91,9 @@ def rouge_mean_f1(reference: str, prediction: str) -> float:
         return 0.0
     pred1 = Counter(pred)
     pred2 = Counter(zip(pred, pred[1:]))
-    r1 = _f1(sum(min(c, pred1[g]) for g, c in ref1.items()), len(pred), len(ref))
-    r2 = _f1(sum(min(c, pred2[g]) for g, c in ref2.items()), max(len(pred) - 1, 0), max(len(ref) - 1, 0))
+    get1, get2 = pred1.get, pred2.get
+    r1 = _f1(sum(min(c, get1(g, 0)) for g, c in ref1.items()), len(pred), len(ref))
+    r2 = _f1(sum(min(c, get2(g, 0)) for g, c in ref2.items()), max(len(pred) - 1, 0), max(len(ref) - 1, 0))
     rl = _f1(lcs_length(masks, len(ref), pred), len(pred), len(ref)) if ref and pred else 0.0
     return (r1 + r2 + rl) / 3.0
 
