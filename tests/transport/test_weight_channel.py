@@ -263,19 +263,20 @@ def test_a_late_subscriber_gets_the_latest_version(ray_cluster, tx, keys):
 
         def poll(self):
             got = self.sub.poll_latest(20)
-            return None if got is None else (got[0], _digest(got[1]))
+            return None if got is None else (got[0], _digest(got[1]), self.sub.last_path)
 
-    cfg = tx.small_cfg(curve="on", timeout_s=20.0)
+    cfg = tx.small_cfg(curve="on", timeout_s=20.0, weight_shm=True)
+    tcp_only = tx.small_cfg(curve="on", timeout_s=20.0, weight_shm=False)
     learner = Learner.remote(cfg, keys)
     address = ray.get(learner.address.remote(), timeout=60)
-    early = Worker.remote(address, cfg, keys, "early")
+    early = Worker.remote(address, cfg, keys, "early")                # same host: reads /dev/shm
     ray.get(learner.publish.remote(1), timeout=60)
-    assert ray.get(early.poll.remote(), timeout=60) == (1, _digest(state_dict(1)))
+    assert ray.get(early.poll.remote(), timeout=60) == (1, _digest(state_dict(1)), "shm")
     ray.get(learner.publish.remote(2), timeout=60)
     ray.get(learner.publish.remote(3), timeout=60)
-    late = Worker.remote(address, cfg, keys, "late")           # joins after three versions
-    assert ray.get(late.poll.remote(), timeout=60) == (3, _digest(state_dict(3)))
-    assert ray.get(early.poll.remote(), timeout=60) == (3, _digest(state_dict(3)))  # skips version 2
+    late = Worker.remote(address, tcp_only, keys, "late")             # joins after three versions, TCP
+    assert ray.get(late.poll.remote(), timeout=60) == (3, _digest(state_dict(3)), "tcp")
+    assert ray.get(early.poll.remote(), timeout=60) == (3, _digest(state_dict(3)), "shm")  # skips version 2
     assert ray.get(late.poll.remote(), timeout=60) is None
     for _ in range(100):  # reports are fire-and-forget: allow the serving thread a moment
         if ray.get(learner.reports.remote(), timeout=60) == {"early": 3, "late": 3}:
