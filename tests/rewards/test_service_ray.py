@@ -33,7 +33,9 @@ def test_kill_one_shard_mid_stream_every_request_answered_once(ray_cluster, samp
     try:
         answered: list[str] = []
         step = 0
-        while not killed.is_set() or step < 6:  # keep streaming through and after the kill
+        after_kill = 0
+        while after_kill < 4:  # keep streaming through the kill and a few calls after it
+            after_kill += killed.is_set()
             batch = samples_of(96, seed=step, prefix=f"step{step}-")
             got = client.score(batch, step, 40)
             assert [s.id for s in got] == [s.id for s in batch]
@@ -43,13 +45,13 @@ def test_kill_one_shard_mid_stream_every_request_answered_once(ray_cluster, samp
             step += 1
             assert step < 200, "the kill never happened"
         assert len(answered) == len(set(answered)) == 96 * step  # every request exactly once
-        assert client.retries >= 1  # the dead shard had requests in flight or was sent some after dying
-        # the client learns the shard is dead from Ray (its address() lookup fails) and drops it
+        # the client learns the shard is dead from a missed deadline, then Ray (its address() lookup
+        # fails) and drops it; ray.kill is asynchronous, so this may take a few more requests
         give_up = time.monotonic() + 60
         while client.live_shards != 1 and time.monotonic() < give_up:
             assert len(client.score(samples_of(8, seed=step, prefix="probe-"), 0, 40)) == 8
             time.sleep(0.1)
-        assert client.live_shards == 1
+        assert client.live_shards == 1 and client.retries >= 1
         stats = ray.get(handles[1].stats.remote(), timeout=30)
         assert stats["samples"] > 0 and stats["requests"] > 0 and stats["requests_per_s"] > 0
         assert 0 < stats["latency_s"]["p50"] <= stats["latency_s"]["p99"]
