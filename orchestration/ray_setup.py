@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stgrl.orchestration.config import Config
@@ -61,14 +61,19 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
         return False
     log.info("starting a local Ray cluster (no RAY_ADDRESS)")
-    ray.init(
-        num_cpus=max(8, os.cpu_count() or 2),
-        resources=local_resources(cfg),
-        _node_ip_address="127.0.0.1",
-        dashboard_host="127.0.0.1",
-        include_dashboard=False,
-        runtime_env=runtime_env,
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    ray.init(**local_init_kwargs(cfg), runtime_env=runtime_env)
     return True
+
+
+def local_init_kwargs(cfg: Config) -> dict[str, Any]:
+    """`ray.init` arguments of a local cluster: node address, dashboard and metrics on loopback, no
+    dashboard HTTP server. Token auth stays at Ray's default (on); nothing here turns it off."""
+    return {
+        "num_cpus": max(8, os.cpu_count() or 2),
+        "resources": local_resources(cfg),
+        "_node_ip_address": "127.0.0.1",
+        "dashboard_host": "127.0.0.1",
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "configure_logging": False,
+    }
