@@ -285,3 +285,64 @@ def test_a_late_subscriber_gets_the_latest_version(ray_cluster, tx, keys):
     assert ray.get(learner.reports.remote(), timeout=60) == {"early": 3, "late": 3}
     for a in (late, early, learner):
         ray.kill(a)
+
+
+def test_each_side_holds_at_most_one_extra_copy(ray_cluster, tx):
+    """Peak RSS growth while publishing / pulling a 128 MiB state dict stays near one copy, also on a
+    second version (the previous snapshot is released first; the caller drops the old state dict)."""
+    tx.ship_by_value(__name__)
+    mib = 128
+
+    def peak_rss() -> int:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def rss_anon() -> int:
+        """Private (anonymous) resident memory: excludes the publisher's shared snapshot pages."""
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+    @ray.remote(num_cpus=0)
+    class Side:
+        def __init__(self, cfg):
+            torch.set_num_threads(1)
+            self.cfg, self.pub, self.sub = cfg, None, None
+
+        def serve(self):
+            self.sd = {f"w{i}": torch.full((mib // 8, 1 << 20), i, dtype=torch.bfloat16).view(-1, 4096)
+                       for i in range(4)}  # 4 x 32 MiB, already resident
+            self.pub = WeightPublisher(self.cfg)
+            return self.pub.address
+
+        def publish(self, version):
+            before = peak_rss()
+            self.pub.publish(version, self.sd)
+            return peak_rss() - before
+
+        def pull(self, address):
+            if self.sub is None:
+                self.sub = WeightSubscriber(address, self.cfg)
+            self.got = None  # the caller has loaded the previous version and dropped it
+            before, anon = peak_rss(), rss_anon()
+            self.got = self.sub.poll_latest(20)
+            return peak_rss() - before, rss_anon() - anon, self.sub.last_path
+
+    for shm in (False, True):
+        cfg = tx.small_cfg(curve="off", weight_bucket_mib=16, max_frame_mib=16, weight_shm=shm, timeout_s=20.0)
+        learner, worker = Side.remote(cfg), Side.remote(cfg)
+        address = ray.get(learner.serve.remote(), timeout=60)
+        one = mib << 20
+        growth = [ray.get(learner.publish.remote(1), timeout=60)]
+        pulled = [ray.get(worker.pull.remote(address), timeout=60)]
+        growth.append(ray.get(learner.publish.remote(2), timeout=60))
+        pulled.append(ray.get(worker.pull.remote(address), timeout=60))
+        assert all(p == ("shm" if shm else "tcp") for *_, p in pulled)
+        # one copy, plus slack for in-flight frames (window 2 x 16 MiB) and allocator noise
+        assert growth[0] <= 1.25 * one and growth[1] <= 0.25 * one, (shm, growth)
+        assert all(anon <= 1.35 * one for _, anon, _ in pulled), (shm, pulled)  # the new version's buffer
+        # the peak also counts the publisher's snapshot pages while they are mapped (shared, not a copy)
+        shared = one if shm else 0
+        assert pulled[0][0] <= 1.35 * one + shared and pulled[1][0] <= 0.35 * one + shared, (shm, pulled)
+        ray.kill(learner)
+        ray.kill(worker)
