@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 # Module names under stgrl.orchestration.commands, in --help order.
@@ -68,7 +69,8 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=True, show_path=False)],
+        # logs go to stderr: commands that print results (config, rewards score) own stdout
+        handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)],
         force=True,
     )
 
