@@ -1,9 +1,11 @@
 """Connecting a stage to Ray: an existing cluster when there is one, else a local one.
 
 `RAY_ADDRESS` (set by `ray job submit` and by KubeRay for RayJobs) is respected. Without it a local
-cluster is started on loopback, with the pool resources (`rollout`, `reward`, `learner`) sized from
-the config so actors are placed exactly as on a real cluster, and the dashboard/metrics bound to
-127.0.0.1. Every actor process gets one torch thread (two shared cores: more threads are slower).
+cluster is started with the pool resources (`rollout`, `reward`, `learner`) sized from the config so
+actors are placed exactly as on a real cluster, the node address asked for on loopback and no
+dashboard HTTP server. Ray 2.60 resolves a loopback node address to the host's reachable IP, so its
+ports are protected by token auth (on by default), not by the bind (docs/reliability.md). Every actor
+process gets one torch thread (two shared cores: more threads are slower).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def init_ray(cfg: Config) -> bool:
 
 
 def local_init_kwargs(cfg: Config) -> dict[str, Any]:
-    """`ray.init` arguments of a local cluster: node address, dashboard and metrics on loopback, no
-    dashboard HTTP server. Token auth stays at Ray's default (on); nothing here turns it off."""
+    """`ray.init` arguments of a local cluster: node address and dashboard host 127.0.0.1, no dashboard
+    HTTP server. Token auth stays at Ray's default (on); nothing here turns it off."""
     return {
         "num_cpus": max(8, os.cpu_count() or 2),
         "resources": local_resources(cfg),
