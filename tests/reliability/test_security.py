@@ -75,6 +75,8 @@ def test_ray_metrics_export_listens_on_loopback_only(ray_cluster):
     import psutil
 
     node = ray_cluster._private.worker._global_node
+    if node.node_ip_address in LOOPBACK:  # a host with no other interface: the gap cannot show here
+        pytest.xfail(f"node address is {node.node_ip_address}")
     port = node.metrics_export_port
     addrs = {c.laddr.ip for c in psutil.net_connections("inet")
              if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
