@@ -200,6 +200,24 @@ def summarize(raw: dict[str, Any], warmup: int = 1) -> dict[str, float]:
     }
 
 
+def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
+    """One row per run: steps/s, the step's parts (driver's view), pool busy shares, overhead, ratio."""
+    table = Table(title=title)
+    cols = ["mode", "workers", "steps/s", "step s", "median s", "wait s", "gen s/worker", "reward s", "learner s",
+            "compute s", "weights s", "lag", "generating", "learner busy", "overhead", "vs sync", "overlap bound"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for key, m in results.items():
+        mode, w = key.split("/w")
+        table.add_row(mode, w, f"{m['steps_per_s']:.3f}", f"{m['step_time_s']:.2f}", f"{m['step_time_median_s']:.2f}",
+                      f"{m['wait_rollout_s']:.2f}", f"{m['generate_per_worker_s']:.2f}", f"{m['reward_s']:.3f}",
+                      f"{m['learner_s']:.2f}", f"{m['learner_compute_s']:.2f}", f"{m['weight_sync_s']:.3f}",
+                      f"{m['version_lag']:.2f}", f"{100 * m['generating_share']:.0f}%",
+                      f"{100 * m['learner_compute_share']:.0f}%", f"{100 * m['overhead_share']:.1f}%",
+                      f"{m['speedup_vs_sync']:.2f}x", f"{m['overlap_bound']:.2f}x" if mode == "sync" else "")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="total RL steps per run (the first is a warm-up)")
@@ -256,27 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    table = Table(title=f"RL pipeline, {args.config.name} ({args.steps} steps per run, first is warm-up; "
-                        f"means per step)")
-    cols = ["mode", "workers", "steps/s", "step s", "median (min-max) s", "wait rollout s", "generate s/worker", "reward s",
-            "learner s", "fwd+bwd+opt s", "weights s", "lag", "generating", "learner busy", "overhead", "vs sync",
-            "overlap bound"]
-    for c in cols:
-        table.add_column(c, justify="right")
     for key, m in results.items():
-        mode, w = key.split("/w")
-        ratio = m["steps_per_s"] / results[f"sync/w{w}"]["steps_per_s"]
-        m["speedup_vs_sync"] = ratio
-        table.add_row(mode, w, f"{m['steps_per_s']:.3f}", f"{m['step_time_s']:.2f}",
-                      f"{m['step_time_median_s']:.1f} ({m['step_time_min_s']:.1f}-{m['step_time_max_s']:.1f})",
-                      f"{m['wait_rollout_s']:.2f}",
-                      f"{m['generate_per_worker_s']:.2f}", f"{m['reward_s']:.3f}", f"{m['learner_s']:.2f}",
-                      f"{m['learner_compute_s']:.2f}", f"{m['weight_sync_s']:.3f}", f"{m['version_lag']:.2f}",
-                      f"{100 * m['generating_share']:.0f}%", f"{100 * m['learner_compute_share']:.0f}%",
-                      f"{100 * m['overhead_share']:.1f}%", f"{ratio:.2f}x",
-                      f"{m['overlap_bound']:.2f}x" if mode == "sync" else "")
+        m["speedup_vs_sync"] = m["steps_per_s"] / results[f"sync/w{key.split('/w')[1]}"]["steps_per_s"]
     console = Console(width=200)
-    console.print(table)
+    console.print(results_table(results, f"RL pipeline, {args.config.name} ({args.steps} steps per run, first is "
+                                         f"warm-up; means per step)"))
     console.print(f"machine: {os.cpu_count()} CPU(s) {platform.machine()}, load average before/after "
                   f"{load_before[0]:.1f}/{load_after[0]:.1f}; total {total_s:.0f}s")
     if args.json:
