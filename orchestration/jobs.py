@@ -28,28 +28,77 @@ class JobChainError(RuntimeError):
 
 
 class LocalHead:
-    """A `ray start --head` on loopback with the pool resources, stopped on exit."""
+    """A `ray start --head` on loopback with the pool resources and token auth, stopped on exit.
+
+    Token auth is explicit: a fresh random token per head, given to the head and to this process
+    (which submits the jobs) through the environment and never logged or written to the run.
+    """
 
     def __init__(self, resources: dict[str, float], dashboard_port: int = 8265) -> None:
+        import secrets
+
         self.resources = resources
         self.dashboard_port = dashboard_port
         self.temp_dir = tempfile.mkdtemp(prefix="stgrl-ray-")
         self.address = f"http://127.0.0.1:{dashboard_port}"
-
-    def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        exe = Path(sys.executable).with_name("ray")
-        return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check)
+        self._auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalHead:
-        log.info("starting a local Ray head (dashboard %s)", self.address)
-        self._ray("start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-                  "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(max(8, os.cpu_count() or 2)),
-                  "--resources", json.dumps(self.resources), "--temp-dir", self.temp_dir,
-                  "--disable-usage-stats")
+        log.info("starting a local Ray head with token auth (dashboard %s)", self.address)
+        for key, value in self._auth.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        exe = Path(sys.executable).with_name("ray")
+        self._log = open(Path(self.temp_dir) / "head.log", "w")  # noqa: SIM115 - closed in __exit__
+        # --block + its own process group: stopping it stops exactly this cluster (`ray stop` would
+        # stop every Ray cluster of the user on this machine).
+        self._proc = subprocess.Popen(
+            [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
+             "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--num-cpus",
+             str(max(8, os.cpu_count() or 2)), "--resources", json.dumps(self.resources),
+             "--temp-dir", self.temp_dir, "--disable-usage-stats"],
+            env=dict(os.environ), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready(timeout_s=180)
         return self
 
+    def _wait_ready(self, timeout_s: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise JobChainError(f"local Ray head exited with {self._proc.returncode}; see "
+                                    f"{Path(self.temp_dir) / 'head.log'}")
+            try:
+                req = urllib.request.Request(f"{self.address}/api/version",
+                                             headers={"Authorization": f"Bearer {self._auth['RAY_AUTH_TOKEN']}"})
+                with urllib.request.urlopen(req, timeout=2):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise JobChainError(f"local Ray head dashboard {self.address} not up within {timeout_s:.0f}s")
+            time.sleep(1.0)
+
     def __exit__(self, *exc: object) -> None:
-        self._ray("stop", "--force", check=False)
+        import signal
+
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self._proc.pid, sig)
+                self._proc.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+        for key, old in self._saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str], timeout_s: float,

@@ -76,6 +76,9 @@ class RLDriver:
         self.version = 0
         self.start_step = 0
         self.workers: list[Any] = []
+        self._suspect: dict[int, Any] = {}  # worker index -> pending ping ref (died; restarting or gone)
+        self._removed: set[int] = set()
+        self._last_scale = 0.0
         self.learners: Any = None
         self.reward_handles: list[Any] = []
         self.reward_client: Any = None
@@ -103,7 +106,8 @@ class RLDriver:
         self.keys = CurveKeys(*generate_keypair()) if self.curve else None
         log.info("starting %d reward shard(s), %d learner rank(s), %d rollout worker(s)",
                  cfg.reward.num_shards, cfg.learner.num_ranks, cfg.rollout.num_workers)
-        self.reward_handles, self.reward_client = start_reward_service(cfg.reward.num_shards, cfg.reward)
+        self.reward_handles, self.reward_client = start_reward_service(
+            cfg.reward.num_shards, cfg.reward, host=tcfg.bind_host, keys=self.keys)
         lcfg = cfg.learner
         if lcfg.total_steps == 0:  # cosine decay over the whole run's optimizer steps
             lcfg = msgspec.structs.replace(lcfg, total_steps=cfg.run.total_steps * lcfg.num_minibatches)
@@ -120,7 +124,9 @@ class RLDriver:
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
 
     def _start_worker(self, index: int) -> Any:
-        """One rollout worker (resource `rollout`); Ray restarts it up to 3 times if it dies."""
+        """One rollout worker (resource `rollout`). Fixed pool: Ray restarts a dead worker (3 times).
+        Elastic pool: no restart (its node may be gone for good); `_scale_pool` starts a new worker
+        wherever a `rollout` resource is free instead."""
         from stgrl.actors.rollout_worker import RolloutWorkerSpec, rollout_worker_actor
 
         cfg = self.cfg
@@ -131,7 +137,50 @@ class RLDriver:
             curve_keys=self.keys, server_public=self.keys.public if self.keys else None,
             dtype=cfg.model.dtype, seed=cfg.run.seed, torch_threads=cfg.run.torch_threads,
         )
-        return rollout_worker_actor(spec, max_restarts=3, max_task_retries=0)
+        return rollout_worker_actor(spec, max_restarts=0 if cfg.rollout.elastic else 3, max_task_retries=0)
+
+    def live_workers(self) -> list[int]:
+        """Indices of workers that take work now (not dead, restarting or removed)."""
+        return [i for i in range(len(self.workers)) if i not in self._suspect and i not in self._removed]
+
+    def _check_suspects(self) -> None:
+        """A died worker rejoins once it answers a ping (Ray restarted it); a permanently dead one is
+        removed from the pool (its node left)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for i, ref in list(self._suspect.items()):
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                continue
+            del self._suspect[i]
+            try:
+                ray.get(ref)
+                log.info("rollout worker %d is back", i)
+            except RayActorError:
+                self._removed.add(i)
+                log.warning("rollout worker %d is gone for good; removed from the pool", i)
+
+    def _scale_pool(self) -> None:
+        """Elastic rollout (`rollout.elastic`): a free `rollout` resource (a node joined, or a worker
+        left) gets a new worker, which pulls the latest weights before its first group."""
+        import ray
+
+        self._check_suspects()
+        if not self.cfg.rollout.elastic:
+            return
+        now = time.monotonic()
+        if now - self._last_scale < self.cfg.rollout.elastic_check_s:
+            return
+        self._last_scale = now
+        limit = self.cfg.rollout.max_workers or 1 << 30
+        # Capacity is the cluster's total `rollout` resource: a worker being created does not show in
+        # the free resources yet, so counting free units would start workers that can never be placed.
+        capacity = int(ray.cluster_resources().get("rollout", 0.0))
+        while len(self.live_workers()) + len(self._suspect) < min(limit, capacity):
+            index = len(self.workers)
+            self.workers.append(self._start_worker(index))
+            log.info("elastic rollout: started worker %d (pool now %d live)", index, len(self.live_workers()))
 
     def _publish_weights(self) -> float:
         t0 = time.perf_counter()
@@ -147,9 +196,12 @@ class RLDriver:
         records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
         self._assigned[step] = records
         min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
-        chunks = even_split(records, len(self.workers))
+        self._scale_pool()
+        live = self.live_workers()
+        if not live:
+            raise PipelineError(f"step {step}: no live rollout worker (all {len(self.workers)} died or left)")
         self._inflight[step] = []
-        for w, chunk in enumerate(chunks):
+        for w, chunk in zip(live, even_split(records, len(live))):
             if chunk:
                 self._submit(step, w, chunk, min_version)
 
@@ -187,6 +239,7 @@ class RLDriver:
         min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
         while True:
             self._drain(0.05)
+            self._scale_pool()
             have = expected & set(self._buffer[step])
             if have == expected:
                 break
@@ -202,10 +255,11 @@ class RLDriver:
                     missing = [r for r in chunk if group_id(step, prompt_id(r)) not in self._buffer[step]]
                     log.warning("rollout worker %d died during step %d (%s); re-queueing %d prompt(s)",
                                 w, step, type(e).__name__, len(missing))
+                    if w not in self._suspect and w not in self._removed:
+                        self._suspect[w] = self.workers[w].version.remote()
                     self._requeued[step] += [prompt_id(r) for r in missing]
                     if missing:
-                        target = self._live_worker(exclude=w)
-                        pending.append(self._resubmit(step, target, missing, min_version))
+                        pending.append(self._resubmit(step, self._pick_worker(exclude=w), missing, min_version))
                     continue
             self._inflight[step] = pending
             if not pending:
@@ -226,10 +280,18 @@ class RLDriver:
                                     f"{len(expected - have)} group(s) from the rollout pool")
         return [self._buffer[step][g] for g in sorted(expected)]
 
-    def _live_worker(self, exclude: int) -> int:
-        order = list(range(len(self.workers)))
-        order = order[exclude + 1:] + order[: exclude + 1]
-        return order[0]
+    def _pick_worker(self, exclude: int) -> int:
+        """A live worker other than `exclude` (the next one after it), waiting for one if need be."""
+        deadline = time.monotonic() + self.cfg.transport.timeout_s
+        while True:
+            self._scale_pool()
+            live = [i for i in self.live_workers() if i != exclude] or self.live_workers()
+            if live:
+                after = [i for i in live if i > exclude]
+                return (after or live)[0]
+            if time.monotonic() > deadline:
+                raise PipelineError(f"no live rollout worker to re-queue work to within {self.cfg.transport.timeout_s}s")
+            time.sleep(0.5)
 
     def _resubmit(self, step: int, w: int, chunk: list[Any], min_version: int):
         payload = [msgspec.to_builtins(r) for r in chunk]
@@ -322,6 +384,7 @@ class RLDriver:
                 "rollout/tokens_per_s": n_tokens / max(1e-9, gen_total / max(1, len(self.workers))),
                 "rollout/samples_per_s": n_samples / max(1e-9, gen_total / max(1, len(self.workers))),
                 "rollout/queue_depth": float(sum(len(b) for s, b in self._buffer.items() if s > step)),
+                "rollout/live_workers": float(len(self.live_workers())),
                 "reward/requests_per_s": len(all_rewards) / max(1e-9, reward_latency),
                 "reward/latency_s": reward_latency,
                 "reward/sigma": proximity_sigma(step, total, cfg.reward.sigma0, cfg.reward.sigma_min),

@@ -47,3 +47,10 @@ class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_new_tokens: Annotated[int, Meta(ge=1, le=32768)] = 96
     gpu_memory_utilization: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.5
     num_gpus_per_worker: Annotated[float, Meta(ge=0.0)] = 0.0
+    elastic: bool = False
+    """Grow the pool at runtime: start a worker whenever a `rollout` resource is free (a node joined);
+    workers whose node left are dropped and their prompts re-queued. `num_workers` is the start size."""
+    max_workers: Annotated[int, Meta(ge=0)] = 0
+    """Upper bound of an elastic pool (0: as many as the cluster's `rollout` resources allow)."""
+    elastic_check_s: Annotated[float, Meta(gt=0.0)] = 5.0
+    """How often a waiting driver looks for new `rollout` capacity."""
