@@ -62,6 +62,10 @@ class LocalHead:
         self._wait_ready(timeout_s=180)
         return self
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._auth['RAY_AUTH_TOKEN']}"}
+
     def _wait_ready(self, timeout_s: float) -> None:
         import urllib.request
 
@@ -71,8 +75,7 @@ class LocalHead:
                 raise JobChainError(f"local Ray head exited with {self._proc.returncode}; see "
                                     f"{Path(self.temp_dir) / 'head.log'}")
             try:
-                req = urllib.request.Request(f"{self.address}/api/version",
-                                             headers={"Authorization": f"Bearer {self._auth['RAY_AUTH_TOKEN']}"})
+                req = urllib.request.Request(f"{self.address}/api/version", headers=self.auth_headers)
                 with urllib.request.urlopen(req, timeout=2):
                     return
             except OSError:
@@ -140,8 +143,8 @@ def run_chain(config_path: str | None, overrides: list[str], run_dir: Path, addr
     rl_cmd = [*base, "rl", *cfg_args, "--run-dir", str(run_dir.resolve()),
               "--init-from", str((run_dir / "sft" / "hf").resolve())]
 
-    def chain(addr: str) -> None:
-        client = JobSubmissionClient(addr)
+    def chain(addr: str, headers: dict[str, str] | None = None) -> None:
+        client = JobSubmissionClient(addr, headers=headers)
         status = submit_and_wait(client, sft_cmd, "stgrl-sft", env, timeout_s)
         if status != "SUCCEEDED":
             raise JobChainError(f"SFT job ended {status}; RL not started (see the log lines above)")
@@ -153,4 +156,4 @@ def run_chain(config_path: str | None, overrides: list[str], run_dir: Path, addr
         chain(address or os.environ["RAY_ADDRESS"])
     else:
         with LocalHead(resources) as head:
-            chain(head.address)
+            chain(head.address, headers=head.auth_headers)
