@@ -30,6 +30,7 @@ import math
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -201,8 +202,12 @@ class WeightPublisher:
         if self._latest_version is not None and version <= self._latest_version:
             raise ValueError(f"weight version {version} is not newer than {self._latest_version}")
         with self._lock:
-            self._latest = None  # one snapshot in memory at a time
+            previous, self._latest = self._latest, None  # one snapshot in memory at a time
         self._release_shm()
+        if previous is not None:
+            ref = weakref.ref(previous[1])
+            del previous  # the caller's reference too: only in-flight frames may keep it alive
+            self._wait_released(ref)
         t0 = time.perf_counter()
         manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes, alloc=lambda n: self._alloc(n, version))
         if self._shm is not None:
@@ -214,6 +219,20 @@ class WeightPublisher:
                  len(manifest.tensors), manifest.total_nbytes / 2**20, len(manifest.bucket_checksums),
                  time.perf_counter() - t0)
         return manifest
+
+    @staticmethod
+    def _wait_released(ref: weakref.ref, limit_s: float = 2.0) -> None:
+        """Wait (briefly) until ZeroMQ has let go of the previous snapshot before allocating the next.
+
+        Frames are sent zero-copy: libzmq holds the snapshot until they are on the wire, and pyzmq
+        drops its reference from a background thread afterwards. Without this wait two snapshots can
+        briefly coexist. After ``limit_s`` (a subscriber still draining) we go on regardless.
+        """
+        deadline = time.monotonic() + limit_s
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if ref() is not None:
+            log.info("previous weight snapshot still referenced by in-flight frames; packing anyway")
 
     def _alloc(self, nbytes: int, version: int) -> torch.Tensor:
         """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous."""

@@ -255,6 +255,9 @@ def test_a_late_subscriber_gets_the_latest_version(ray_cluster, tx, keys):
         def reports(self):
             return self.pub.subscriber_versions()
 
+        def close(self):
+            self.pub.close()  # removes its /dev/shm snapshot
+
     @ray.remote(num_cpus=0)
     class Worker:
         def __init__(self, address, cfg, keys, name):
@@ -283,6 +286,7 @@ def test_a_late_subscriber_gets_the_latest_version(ray_cluster, tx, keys):
             break
         time.sleep(0.05)
     assert ray.get(learner.reports.remote(), timeout=60) == {"early": 3, "late": 3}
+    ray.get(learner.close.remote(), timeout=60)
     for a in (late, early, learner):
         ray.kill(a)
 
@@ -328,6 +332,10 @@ def test_each_side_holds_at_most_one_extra_copy(ray_cluster, tx):
             self.got = self.sub.poll_latest(20)
             return peak_rss() - before, rss_anon() - anon, self.sub.last_path
 
+        def close(self):
+            if self.pub is not None:
+                self.pub.close()
+
     for shm in (False, True):
         cfg = tx.small_cfg(curve="off", weight_bucket_mib=16, max_frame_mib=16, weight_shm=shm, timeout_s=20.0)
         learner, worker = Side.remote(cfg), Side.remote(cfg)
@@ -344,5 +352,6 @@ def test_each_side_holds_at_most_one_extra_copy(ray_cluster, tx):
         # the peak also counts the publisher's snapshot pages while they are mapped (shared, not a copy)
         shared = one if shm else 0
         assert pulled[0][0] <= 1.35 * one + shared and pulled[1][0] <= 0.35 * one + shared, (shm, pulled)
+        ray.get(learner.close.remote(), timeout=60)
         ray.kill(learner)
         ray.kill(worker)
