@@ -60,7 +60,10 @@ def init_ray(cfg: Config) -> bool:
     runtime_env = {"env_vars": actor_env(cfg)}
     if os.environ.get("RAY_ADDRESS"):
         log.info("connecting to Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        # Inside a Ray job the job's runtime env already applies to every actor, and Ray refuses a
+        # driver env that names any of its keys again: set only what this process's env lacks.
+        env = {k: v for k, v in runtime_env["env_vars"].items() if k not in os.environ}
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=True)
         return False
     log.info("starting a local Ray cluster (no RAY_ADDRESS)")
     ray.init(**local_init_kwargs(cfg), runtime_env=runtime_env)
