@@ -19,7 +19,7 @@ from stgrl.actors.endpoints import TransportTimeout
 from stgrl.actors.security import CurveKeys, generate_keypair
 from stgrl.actors.shm_snapshot import PREFIX, SHM_DIR, map_read_only, sweep_stale
 from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
-from stgrl.actors.wire import WeightBucket, WireError, decode
+from stgrl.actors.wire import Reject, WeightBucket, WireError, decode, encode
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,3 +355,27 @@ def test_each_side_holds_at_most_one_extra_copy(ray_cluster, tx):
         ray.get(learner.close.remote(), timeout=60)
         ray.kill(learner)
         ray.kill(worker)
+
+
+def test_publisher_rejects_malformed_requests_and_keeps_serving(tx):
+    cfg = tx.small_cfg(curve="off", weight_shm=False)
+    pub = WeightPublisher(cfg)
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(pub.address)
+    sub = WeightSubscriber(pub.address, cfg)
+    try:
+        pub.publish(1, state_dict(1))
+        raw.send_multipart([b"\xc1not msgpack"])
+        raw.send_multipart(encode(WeightBucket(1, 0, 5, 0)))  # a reply type sent as a request
+        reasons = []
+        while len(reasons) < 2 and raw.poll(5000):
+            reasons.append(decode(raw.recv_multipart(), Reject, max_frame_bytes=1 << 20)[0].reason)
+        assert "bad header" in reasons[0] and "expected ManifestRequest | BucketRequest" in reasons[1]
+        version, got = sub.poll_latest(5)
+        assert version == 1
+        _assert_same(got, state_dict(1))
+    finally:
+        raw.close(0)
+        sub.close()
+        pub.close()
