@@ -6,7 +6,9 @@ config, and the framework's overhead share of step time.
 For each rollout pool size in ``--workers`` it runs the real RL driver (`RLDriver`: Ray actors,
 ZeroMQ data plane, DeepSpeed learner, reward shards) twice, back to back in one Ray session with the
 same seed: ``run.mode=sync run.max_staleness=0`` then ``run.mode=async run.max_staleness=1``. Pool
-start-up is not timed and the first step of each run is a warm-up; steps/s is over the rest.
+start-up is not timed; the first step of each run is a warm-up (pipeline fill) and the last a
+cool-down (async: nothing is generated next to its training, so it runs uncontended and short);
+steps/s and the other means are over the steps in between.
 
 Columns come from the driver's ``metrics.jsonl`` (``pipeline/step_time_s``,
 ``pipeline/wait_rollout_s``, ``learner/step_time_s``, ``reward/latency_s``, ``weights/sync_time_s``)
@@ -35,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,7 +51,7 @@ log = logging.getLogger("benchmarks.pipeline")
 
 REPO = Path(__file__).resolve().parents[1]
 COMPUTE_KEYS = ("time_old_logprobs_s", "time_forward_s", "time_backward_s", "time_optimizer_s")
-STEP_KEYS = ("pipeline/step_time_s", "pipeline/wait_rollout_s", "pipeline/generate_max_s", "learner/step_time_s",
+STEP_KEYS = ("train/reward_mean", "pipeline/step_time_s", "pipeline/wait_rollout_s", "pipeline/generate_max_s", "learner/step_time_s",
              "reward/latency_s", "weights/sync_time_s", "weights/version_lag")
 ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "WANDB_MODE": "offline"}
@@ -146,13 +149,15 @@ def run_once(config: Path, overrides: list[str], run_dir: Path) -> dict[str, Any
             "workers": cfg.rollout.num_workers}
 
 
-def summarize(raw: dict[str, Any], warmup: int = 1) -> dict[str, float]:
-    """Steady-state numbers over steps >= `warmup` (see the module docstring for the definitions)."""
-    rows = [r for r in raw["rows"] if r["step"] >= warmup]
+def summarize(raw: dict[str, Any], warmup: int = 1, cooldown: int = 1) -> dict[str, float]:
+    """Steady-state numbers over the steps after `warmup` and before the last `cooldown` ones (see the
+    module docstring for the definitions)."""
+    last = max(r["step"] for r in raw["rows"])
+    rows = [r for r in raw["rows"] if warmup <= r["step"] <= last - cooldown]
     steps = [r["step"] for r in rows]
     n = len(rows)
     if n == 0:
-        raise ValueError("no step after the warm-up: raise --steps")
+        raise ValueError("no step between the warm-up and the cool-down: raise --steps")
 
     def mean(key: str) -> float:
         return sum(float(r[key]) for r in rows) / n
@@ -220,7 +225,7 @@ def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=8, help="total RL steps per run (the first is a warm-up)")
+    ap.add_argument("--steps", type=int, default=8, help="total RL steps per run (the first and last are not timed)")
     ap.add_argument("--workers", type=int, nargs="+", default=[2], help="rollout pool sizes to measure")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     ap.add_argument("--workdir", type=Path, default=None, help="keep/reuse the model and data here")
@@ -228,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every run (repeatable), e.g. rollout.max_new_tokens=48")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (run dirs, Ray logs) instead of deleting it")
     args = ap.parse_args(argv)
-    if args.steps < 2:
-        ap.error("--steps must be >= 2 (the first step is a warm-up)")
+    if args.steps < 3:
+        ap.error("--steps must be >= 3 (the first step is a warm-up, the last a cool-down)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for k, v in ENV.items():
         os.environ.setdefault(k, v)
@@ -266,19 +272,24 @@ def main(argv: list[str] | None = None) -> int:
                 results[key] = summarize(raw)
                 per_step[key] = [{"step": r["step"], **{k: r[k] for k in STEP_KEYS if k in r},
                                   **{f"learner/{k}": v for k, v in raw["train"][r["step"]].items()},
+                                  "end_unix_s": raw["step_end"][r["step"]],
                                   "groups": raw["groups"][r["step"]]} for r in raw["rows"]]
                 log.info("%s: %.3f steps/s, overhead share %.1f%%", key, results[key]["steps_per_s"],
                          100 * results[key]["overhead_share"])
     finally:
         ray.shutdown()
+        if args.keep:
+            log.info("run directories and Ray logs kept in %s", base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     total_s = time.perf_counter() - t0
     load_after = os.getloadavg()
 
     for key, m in results.items():
         m["speedup_vs_sync"] = m["steps_per_s"] / results[f"sync/w{key.split('/w')[1]}"]["steps_per_s"]
     console = Console(width=200)
-    console.print(results_table(results, f"RL pipeline, {args.config.name} ({args.steps} steps per run, first is "
-                                         f"warm-up; means per step)"))
+    console.print(results_table(results, f"RL pipeline, {args.config.name} ({args.steps} steps per run, means "
+                                         f"per step over steps 1..{args.steps - 2})"))
     console.print(f"machine: {os.cpu_count()} CPU(s) {platform.machine()}, load average before/after "
                   f"{load_before[0]:.1f}/{load_after[0]:.1f}; total {total_s:.0f}s")
     if args.json:
