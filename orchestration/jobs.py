@@ -107,11 +107,17 @@ class LocalHead:
 def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str], timeout_s: float,
                     poll_s: float = 2.0) -> str:
     """Submit one job, stream its new log lines, and return its terminal status (or raise on timeout)."""
-    job_id = client.submit_job(
-        entrypoint=shlex.join(entrypoint),
-        submission_id=f"{name}-{int(time.time())}",
-        runtime_env={"env_vars": env},
-    )
+    job_id = None
+    for attempt in range(60):  # a fresh head's job agent comes up a little after its dashboard
+        try:
+            job_id = client.submit_job(entrypoint=shlex.join(entrypoint),
+                                       submission_id=f"{name}-{int(time.time())}",
+                                       runtime_env={"env_vars": env})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 59:
+                raise
+            time.sleep(2.0)
     log.info("submitted Ray job %s: %s", job_id, shlex.join(entrypoint))
     deadline = time.monotonic() + timeout_s
     shown = 0

@@ -76,7 +76,8 @@ class RLDriver:
         self.version = 0
         self.start_step = 0
         self.workers: list[Any] = []
-        self._suspect: dict[int, Any] = {}  # worker index -> pending ping ref (died; restarting or gone)
+        # worker index -> pending ping: died (restarting or gone) or just started (not yet placed/loaded)
+        self._suspect: dict[int, Any] = {}
         self._removed: set[int] = set()
         self._last_scale = 0.0
         self.learners: Any = None
@@ -144,8 +145,8 @@ class RLDriver:
         return [i for i in range(len(self.workers)) if i not in self._suspect and i not in self._removed]
 
     def _check_suspects(self) -> None:
-        """A died worker rejoins once it answers a ping (Ray restarted it); a permanently dead one is
-        removed from the pool (its node left)."""
+        """A new or died worker (re)joins the pool once it answers a ping (placed and loaded, or
+        restarted by Ray); a permanently dead one is removed from the pool (its node left)."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -156,7 +157,7 @@ class RLDriver:
             del self._suspect[i]
             try:
                 ray.get(ref)
-                log.info("rollout worker %d is back", i)
+                log.info("rollout worker %d joined the pool", i)
             except RayActorError:
                 self._removed.add(i)
                 log.warning("rollout worker %d is gone for good; removed from the pool", i)
@@ -176,11 +177,19 @@ class RLDriver:
         limit = self.cfg.rollout.max_workers or 1 << 30
         # Capacity is the cluster's total `rollout` resource: a worker being created does not show in
         # the free resources yet, so counting free units would start workers that can never be placed.
-        capacity = int(ray.cluster_resources().get("rollout", 0.0))
-        while len(self.live_workers()) + len(self._suspect) < min(limit, capacity):
+        target = min(limit, int(ray.cluster_resources().get("rollout", 0.0)))
+        while len(self.live_workers()) + len(self._suspect) < target:
             index = len(self.workers)
             self.workers.append(self._start_worker(index))
-            log.info("elastic rollout: started worker %d (pool now %d live)", index, len(self.live_workers()))
+            self._suspect[index] = self.workers[index].version.remote()  # gets work once it answers
+            log.info("elastic rollout: started worker %d (%d live)", index, len(self.live_workers()))
+        # Capacity shrank (a node left) while workers still wait to be placed: they never will be.
+        excess = len(self.live_workers()) + len(self._suspect) - target
+        for i in sorted(self._suspect, reverse=True)[: max(0, excess)]:
+            ray.kill(self.workers[i])
+            del self._suspect[i]
+            self._removed.add(i)
+            log.info("elastic rollout: dropped unplaced worker %d (capacity now %d)", i, target)
 
     def _publish_weights(self) -> float:
         t0 = time.perf_counter()
