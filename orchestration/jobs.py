@@ -27,6 +27,25 @@ class JobChainError(RuntimeError):
     """A chained stage did not succeed; the message names the job, its status and its log tail."""
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
 class LocalHead:
     """A `ray start --head` on loopback with the pool resources and token auth, stopped on exit.
 
@@ -38,7 +57,9 @@ class LocalHead:
         import secrets
 
         self.resources = resources
-        self.dashboard_port = dashboard_port
+        # Other Ray clusters may run on this machine: take the default dashboard port only if free,
+        # and free ports for everything else that would otherwise clash (GCS, agent, metrics, client).
+        self.dashboard_port = dashboard_port if _port_free(dashboard_port) else _free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="stgrl-ray-")
         self.address = f"http://127.0.0.1:{dashboard_port}"
         self._auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -55,7 +76,9 @@ class LocalHead:
         # stop every Ray cluster of the user on this machine).
         self._proc = subprocess.Popen(
             [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
-             "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--num-cpus",
+             "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--port", str(_free_port()),
+             "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+             "--ray-client-server-port", str(_free_port()), "--num-cpus",
              str(max(8, os.cpu_count() or 2)), "--resources", json.dumps(self.resources),
              "--temp-dir", self.temp_dir, "--disable-usage-stats"],
             env=dict(os.environ), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
