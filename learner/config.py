@@ -37,6 +37,8 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Cosine floor as a fraction of `lr`."""
     use_is_weights: bool = True
     """Weight each sequence by the truncated IS weight min(exp(mean(old - behaviour)), is_cap)."""
+    num_gpus_per_rank: Annotated[float, Meta(ge=0.0)] = 0.0
+    """GPUs each learner rank asks Ray for (0: CPU ranks with DS_ACCELERATOR=cpu and gloo)."""
 
 
 class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):

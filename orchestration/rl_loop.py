@@ -112,7 +112,8 @@ class RLDriver:
         lcfg = cfg.learner
         if lcfg.total_steps == 0:  # cosine decay over the whole run's optimizer steps
             lcfg = msgspec.structs.replace(lcfg, total_steps=cfg.run.total_steps * lcfg.num_minibatches)
-        self.learners = start_learner_group(lcfg.num_ranks, self.model_path, lcfg, cfg.run.seed)
+        self.learners = start_learner_group(lcfg.num_ranks, self.model_path, lcfg, cfg.run.seed,
+                                            num_gpus_per_rank=lcfg.num_gpus_per_rank)
         if self.resume and (self.ckpt_dir / "latest").exists():
             state = self.learners.load_checkpoint(self.ckpt_dir)
             self.start_step = int(state["step"]) + 1

@@ -50,8 +50,9 @@ class SFTDriver:
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         self.cache = VideoCache(capacity=4096)
-        self.learners = start_learner_group(self.cfg.sft.num_ranks, self.model_path, sft_learner_config(self.cfg),
-                                            self.cfg.run.seed)
+        lcfg = sft_learner_config(self.cfg)
+        self.learners = start_learner_group(self.cfg.sft.num_ranks, self.model_path, lcfg, self.cfg.run.seed,
+                                            num_gpus_per_rank=lcfg.num_gpus_per_rank)
 
     def _examples(self, records: list[Any]) -> list[dict]:
         from stgrl.rollout.video import MediaError, prepare_sft_example
