@@ -27,6 +27,10 @@ learner-compute intervals, taken from the wall time. The learner's compute insid
 ``train_rl_batch`` call is placed at the end of the call (its overhead — shipping the batch to the
 rank — comes first); ``learner s - compute s`` bounds the error of that placement.
 
+Overlap bound (sync rows): ``step / max(wait rollout, step - wait rollout)`` of the sync run, the
+async speedup if generation and the rest of the step overlapped perfectly at the speed each phase ran
+in the sync run, i.e. with enough free cores that the pools do not slow each other down.
+
 Starts its own Ray instance in a temp dir (state, token and logs never touch the home directory).
 """
 
