@@ -10,15 +10,10 @@ what ``k8s/grafana-dashboard.json`` queries. ``reward/latency_s`` is a histogram
 
 from __future__ import annotations
 
-REWARD_COMPONENTS: tuple[str, ...] = (
-    "format",
-    "answer_accuracy",
-    "answer_tiou",
-    "answer_viou",
-    "think_temporal_segment",
-    "temporal_proximity",
-    "spatial_gated",
-)
+from stgrl.reward_service.types import COMPONENTS
+
+REWARD_COMPONENTS: tuple[str, ...] = COMPONENTS
+"""The reward components (one definition: `stgrl.reward_service.types.COMPONENTS`)."""
 
 METRIC_NAMES: tuple[str, ...] = (
     "rollout/tokens_per_s",

@@ -76,9 +76,8 @@ def claim(name: str, boxes: list[list[float]] | list[tuple[int, ...]], t: float)
 _BOX_RE = re.compile(r"<box>\s*\[([^\[\]<>]{0,200})\]\s*</box>")
 
 
-def normalized_boxes_to_pixels(text: str, frame_size: tuple[int, int]) -> str:
-    """Rewrite every `<box>[..]</box>` holding [0, 1] fractions as pixels of a W×H frame."""
-    w, h = frame_size
+def scale_boxes(text: str, fx: float, fy: float) -> str:
+    """Multiply x by `fx` and y by `fy` in every well-formed `<box>[x1,y1,x2,y2]</box>` of `text`."""
 
     def sub(m: re.Match[str]) -> str:
         try:
@@ -87,9 +86,14 @@ def normalized_boxes_to_pixels(text: str, frame_size: tuple[int, int]) -> str:
             return m.group(0)
         if len(v) != 4:
             return m.group(0)
-        return f"<box>{fmt_box([v[0] * w, v[1] * h, v[2] * w, v[3] * h])}</box>"
+        return f"<box>{fmt_box([v[0] * fx, v[1] * fy, v[2] * fx, v[3] * fy])}</box>"
 
     return _BOX_RE.sub(sub, text)
+
+
+def normalized_boxes_to_pixels(text: str, frame_size: tuple[int, int]) -> str:
+    """Rewrite every `<box>[..]</box>` holding [0, 1] fractions as pixels of a W×H frame."""
+    return scale_boxes(text, frame_size[0], frame_size[1])
 
 
 def answer_text(record: Record, frame_size: tuple[int, int]) -> str:

@@ -80,18 +80,10 @@ class GridLayout:
 # ------------------------------------------------------------------------------------------ frames
 def sample_indices(num_frames: int, native_fps: float, fps: float = 2.0, min_frames: int = 4,
                    max_frames: int = 16) -> list[int]:
-    """Frame indices on the target-fps grid, clamped to ``[min_frames, max_frames]`` (spread evenly
-    when clamped) — the same rule as the rollout's sampler (DESIGN 2.2)."""
-    if num_frames <= 0 or native_fps <= 0:
-        return []
-    step = native_fps / fps
-    n_grid = int((num_frames - 1) / step + 1e-9) + 1
-    if min_frames <= n_grid <= max_frames:
-        idx = [min(num_frames - 1, round(k * step)) for k in range(n_grid)]
-    else:
-        n = min(max(n_grid, min_frames), max_frames, num_frames)
-        idx = [int(round(x)) for x in np.linspace(0, num_frames - 1, n)]
-    return sorted(set(idx))
+    """Frame indices the rollout's sampler would show (DESIGN 2.2): the one rule, reused."""
+    from stgrl.rollout.video import sample_frame_indices
+
+    return sample_frame_indices(num_frames, native_fps, fps, min_frames, max_frames)
 
 
 def load_frames(path: str | Path, frame_times: Sequence[float] | None = None, fps: float = 2.0,

@@ -28,7 +28,7 @@ import msgspec
 
 from stgrl.rollout.config import DataConfig
 from stgrl.rollout.data.records import KeyFrame, Record, decode_record, encode_record
-from stgrl.rollout.prompts import fmt_box
+from stgrl.rollout.prompts import scale_boxes
 from stgrl.rollout.video import resized_size
 
 log = logging.getLogger(__name__)
@@ -85,18 +85,7 @@ def parse_span(text: str) -> list[float]:
 
 def rescale_boxes(text: str, old: tuple[float, float], new: tuple[int, int]) -> str:
     """Boxes in `old` (W, H) pixels → `new` (W, H) pixels, in every `<box>[..]</box>`."""
-    fx, fy = new[0] / old[0], new[1] / old[1]
-
-    def sub(m: re.Match[str]) -> str:
-        try:
-            v = [float(x) for x in m.group(1).split(",")]
-        except ValueError:
-            return m.group(0)
-        if len(v) != 4:
-            return m.group(0)
-        return f"<box>{fmt_box([v[0] * fx, v[1] * fy, v[2] * fx, v[3] * fy])}</box>"
-
-    return _BOX.sub(sub, text)
+    return scale_boxes(text, new[0] / old[0], new[1] / old[1])
 
 
 def _clamp_box(b: list[float]) -> list[float]:
