@@ -61,7 +61,7 @@ class LocalHead:
         # and free ports for everything else that would otherwise clash (GCS, agent, metrics, client).
         self.dashboard_port = dashboard_port if _port_free(dashboard_port) else _free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="stgrl-ray-")
-        self.address = f"http://127.0.0.1:{dashboard_port}"
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self._auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self._saved_env: dict[str, str | None] = {}
 
