@@ -82,7 +82,11 @@ class LocalHead:
              str(max(8, os.cpu_count() or 2)), "--resources", json.dumps(self.resources),
              "--temp-dir", self.temp_dir, "--disable-usage-stats"],
             env=dict(os.environ), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready(timeout_s=180)
+        try:
+            self._wait_ready(timeout_s=180)
+        except BaseException:
+            self.__exit__()  # __exit__ is not called when __enter__ raises: stop the head, restore env
+            raise
         return self
 
     @property
