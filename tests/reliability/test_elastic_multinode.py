@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -72,8 +73,10 @@ def test_rollout_node_joins_and_leaves_mid_run(tmp_path):
 
     base = Path(os.environ.get("TMPDIR", "/tmp")) / f"stgrl-mn-{os.getpid()}"  # short: unix socket paths
     (base / "home").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HOME=str(base / "home"), RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
+    # Token auth on, explicitly: one fresh token shared by every node and the driver (whatever the
+    # test process's own environment says about auth).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"HOME": str(base / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     nodes: list[Node] = []
