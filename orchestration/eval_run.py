@@ -37,8 +37,9 @@ def _scoring_sample(record: Any, completion: str, frame_size: tuple[int, int]):
     )
 
 
-def vstar_prediction(record: Any, completion: str, frame_size: tuple[int, int]) -> dict:
-    """V-STAR answers from one completion: the answer text, the span of claim times, boxes by time."""
+def vstar_prediction(sample_id: str, completion: str, frame_size: tuple[int, int]) -> dict:
+    """V-STAR answers from one completion: the answer text, the span of claim times, boxes by time
+    (the same answers serve both chains: the model is asked once)."""
     from stgrl.reward_service.parser import parse_completion
 
     parsed = parse_completion(completion)
@@ -52,7 +53,7 @@ def vstar_prediction(record: Any, completion: str, frame_size: tuple[int, int]) 
         spatial.setdefault(f"{c.time:.1f}", []).extend([list(b) for b in c.boxes if b is not None])
     span = [min(times), max(times)] if times else []
     answer = parsed.answer or ""
-    return {"id": record.id, "answer_vqa": answer, "answer_temporal": span, "answer_spatial": spatial,
+    return {"id": sample_id, "answer_vqa": answer, "answer_temporal": span, "answer_spatial": spatial,
             "answer_temporal_2": span, "answer_spatial_2": spatial, "frame_size": list(frame_size)}
 
 
@@ -165,8 +166,7 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
 
         items = load_annotations(vstar_annotations)
         by_id = {p["id"]: p for p in preds}
-        vpreds = [vstar_prediction(_Rec(by_id[i.key]["record"]), by_id[i.key]["completion"],
-                                   tuple(by_id[i.key]["frame_size"]))
+        vpreds = [vstar_prediction(i.key, by_id[i.key]["completion"], tuple(by_id[i.key]["frame_size"]))
                   for i in items if i.key in by_id]
         wanted = {p["id"] for p in vpreds}
         items = [i for i in items if i.key in wanted]
@@ -190,13 +190,6 @@ def _donor(prepared: list[Any], i: int) -> Any | None:
                 and len(other.frame_times) == len(me.frame_times) and other.frame_size == me.frame_size):
             return other
     return None
-
-
-class _Rec:
-    """Attribute view of a record dict (for `vstar_prediction`)."""
-
-    def __init__(self, d: dict) -> None:
-        self.id = d["id"]
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, float]:

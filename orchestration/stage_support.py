@@ -24,14 +24,26 @@ def resolve_run_dir(cfg: Config, run_dir: str | None) -> Path:
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, stage: str) -> Path:
-    """Create the run directory, write the config used, and tee logs into `logs/<stage>.log`."""
+    """Create the run directory and write the config used."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / f"config_{stage}.yaml").write_text(config_to_yaml(cfg))
+    return run_dir
+
+
+@contextlib.contextmanager
+def stage_log(run_dir: Path, stage: str) -> Iterator[None]:
+    """Tee every log record into `<run_dir>/logs/<stage>.log` while the stage runs (and only then:
+    a process that runs several stages must not keep writing into earlier stages' files)."""
     handler = logging.FileHandler(run_dir / "logs" / f"{stage}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return run_dir
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def check_model_path(cfg: Config, model_path: str) -> None:

@@ -18,6 +18,7 @@ from stgrl.orchestration.stage_support import (
     make_sink,
     prepare_run_dir,
     resolve_run_dir,
+    stage_log,
     stage_progress,
 )
 
@@ -26,10 +27,15 @@ log = logging.getLogger(__name__)
 
 def run_sft_stage(cfg: Config, run_dir: str | Path | None) -> Path:
     """Cold-start SFT; returns the exported HF checkpoint directory (<run-dir>/sft/hf)."""
+    rd = prepare_run_dir(cfg, resolve_run_dir(cfg, str(run_dir) if run_dir else None), "sft")
+    with stage_log(rd, "sft"):
+        return _sft(cfg, rd)
+
+
+def _sft(cfg: Config, rd: Path) -> Path:
     from stgrl.orchestration.ray_setup import init_ray
     from stgrl.orchestration.sft_loop import SFTDriver
 
-    rd = prepare_run_dir(cfg, resolve_run_dir(cfg, str(run_dir) if run_dir else None), "sft")
     check_model_path(cfg, cfg.model.path)
     train, dataset_dir = load_split(cfg.data.train, "train")
     evals, _ = load_split(cfg.data.eval, "eval")
@@ -53,10 +59,15 @@ def run_sft_stage(cfg: Config, run_dir: str | Path | None) -> Path:
 def run_rl_stage(cfg: Config, run_dir: str | Path | None, init_from: str | None = None,
                  resume: bool = False) -> Path:
     """GSPO RL; returns the final HF checkpoint directory (<run-dir>/rl/hf)."""
+    rd = prepare_run_dir(cfg, resolve_run_dir(cfg, str(run_dir) if run_dir else None), "rl")
+    with stage_log(rd, "rl"):
+        return _rl(cfg, rd, init_from, resume)
+
+
+def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool) -> Path:
     from stgrl.orchestration.ray_setup import init_ray
     from stgrl.orchestration.rl_loop import RLDriver
 
-    rd = prepare_run_dir(cfg, resolve_run_dir(cfg, str(run_dir) if run_dir else None), "rl")
     model_path = init_from or cfg.model.path
     check_model_path(cfg, model_path)
     train, dataset_dir = load_split(cfg.data.train, "train")

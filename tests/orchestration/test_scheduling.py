@@ -72,3 +72,16 @@ def test_report_writes_plots_and_tables(tmp_path):
     for png in ("reward.png", "sigma.png", "throughput.png", "idle.png", "version_lag.png", "logprob_gap.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
         assert f"plots/{png}" in text
+
+
+def test_vstar_prediction_from_one_completion():
+    from stgrl.orchestration.eval_run import vstar_prediction
+
+    text = ("<think><obj>red square</obj><box>[28,28,56,56]</box>at<t>0.5</t>s then "
+            "<obj>red square</obj><box>[56,28,84,56]</box>at<t>1.5</t>s</think>\n<answer>B</answer>")
+    p = vstar_prediction("eval-1", text, (112, 112))
+    assert p["id"] == "eval-1" and p["answer_vqa"].strip() == "B"
+    assert p["answer_temporal"] == [0.5, 1.5] == p["answer_temporal_2"]
+    assert p["answer_spatial"] == {"0.5": [[28.0, 28.0, 56.0, 56.0]], "1.5": [[56.0, 28.0, 84.0, 56.0]]}
+    empty = vstar_prediction("eval-2", "no tags at all", (112, 112))
+    assert empty["answer_temporal"] == [] and empty["answer_spatial"] == {}
