@@ -205,7 +205,6 @@ class RLDriver:
 
         records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
         self._assigned[step] = records
-        min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
         self._scale_pool()
         live = self.live_workers()
         if not live:
@@ -213,19 +212,23 @@ class RLDriver:
         self._inflight[step] = []
         for w, chunk in zip(live, even_split(records, len(live))):
             if chunk:
-                self._submit(step, w, chunk, min_version)
+                self._inflight[step].append(self._submit(step, w, chunk))
 
-    def _submit(self, step: int, w: int, chunk: list[Any], min_version: int) -> None:
+    def _min_version(self, step: int) -> int:
+        """Oldest policy version allowed to generate `step` (the async staleness bound; sync: `step`)."""
+        return max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
+
+    def _submit(self, step: int, w: int, chunk: list[Any]) -> tuple[Any, int, list[Any]]:
+        """Send `chunk` of step's prompts to worker `w`; returns the in-flight entry (ref, worker, chunk)."""
         payload = [msgspec.to_builtins(r) for r in chunk]
-        ref = self.workers[w].generate.remote(payload, step, min_version)
-        self._inflight[step].append((ref, w, chunk))
+        return self.workers[w].generate.remote(payload, step, self._min_version(step)), w, chunk
 
     def _drain(self, timeout_s: float) -> None:
         """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
+        from stgrl.actors.endpoints import TransportTimeout
+
         deadline = time.monotonic() + timeout_s
         while True:
-            from stgrl.actors.endpoints import TransportTimeout
-
             left = deadline - time.monotonic()
             try:
                 group, tensors = self.receiver.recv(timeout=max(0.001, min(left, 0.05)))
@@ -246,7 +249,6 @@ class RLDriver:
 
         expected = {group_id(step, prompt_id(r)) for r in self._assigned[step]}
         deadline = time.monotonic() + self.cfg.transport.timeout_s * 10
-        min_version = max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
         while True:
             self._drain(0.05)
             self._scale_pool()
@@ -269,7 +271,7 @@ class RLDriver:
                         self._suspect[w] = self.workers[w].version.remote()
                     self._requeued[step] += [prompt_id(r) for r in missing]
                     if missing:
-                        pending.append(self._resubmit(step, self._pick_worker(exclude=w), missing, min_version))
+                        pending.append(self._submit(step, self._pick_worker(exclude=w), missing))
                     continue
             self._inflight[step] = pending
             if not pending:
@@ -302,11 +304,6 @@ class RLDriver:
             if time.monotonic() > deadline:
                 raise PipelineError(f"no live rollout worker to re-queue work to within {self.cfg.transport.timeout_s}s")
             time.sleep(0.5)
-
-    def _resubmit(self, step: int, w: int, chunk: list[Any], min_version: int):
-        payload = [msgspec.to_builtins(r) for r in chunk]
-        ref = self.workers[w].generate.remote(payload, step, min_version)
-        return (ref, w, chunk)
 
     # ---------------------------------------------------------------- scoring + training
     def _score(self, groups: list[tuple[Any, dict]], step: int) -> tuple[list[list[float]], dict[str, float], float]:
