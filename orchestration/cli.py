@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "eval",
     "visualize",
+    "ablate",
     "rewards",
 )
 
