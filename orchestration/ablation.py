@@ -35,11 +35,13 @@ class Arm(msgspec.Struct, frozen=True):
     name: str
     spatial_mode: Literal["gated", "plain"]
     label: str
+    spatial_label: str
+    """What this arm's `reward/spatial_gated` metric measures (the plot's legend)."""
 
 
 ARMS: tuple[Arm, ...] = (
-    Arm("curriculum", "gated", "(a) curriculum: proximity + gated IoU"),
-    Arm("plain", "plain", "(b) plain IoU at predicted time"),
+    Arm("curriculum", "gated", "(a) curriculum: proximity + gated IoU", "gated IoU"),
+    Arm("plain", "plain", "(b) plain IoU at predicted time", "ungated IoU"),
 )
 
 TRAINED_SPATIAL_KEY = "reward/spatial_gated"
@@ -238,13 +240,15 @@ def build_table(arms: dict[str, dict[str, Stat]], start: dict[str, float] | None
 def plot_spatial_reward(arm_curves: dict[str, dict[str, Curve]], path: Path,
                         labels: dict[str, str] | None = None) -> Path:
     """Two panels: the per-step spatial reward each arm trained on, and the per-step components both
-    arms define identically. A band shows min..max over seeds when there are several."""
+    arms define identically. A band shows min..max over seeds when there are several. `labels` names
+    the arms in the legend (default: `<arm>: <what its spatial metric measures>` for known arms)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    labels = labels or {}
+    labels = labels or {a.name: f"{a.name}: {a.spatial_label}" for a in ARMS}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=90)
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     for i, (arm, by_key) in enumerate(arm_curves.items()):
@@ -265,6 +269,8 @@ def plot_spatial_reward(arm_curves: dict[str, dict[str, Curve]], path: Path,
     ax2.set_title("Components common to both rewards (per step)", fontsize=10)
     for ax in (ax1, ax2):
         ax.set_xlabel("RL step")
+        ax.set_ylim(-0.03, 1.03)  # every component is in [0, 1]: a flat zero is shown as such
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     ax1.set_ylabel("mean spatial reward")

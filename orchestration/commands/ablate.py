@@ -166,7 +166,7 @@ def run_ablation(cfg: Any, run_dir: Path, sft_checkpoint: str | None, seeds: lis
         stats = {a: aggregate(list(by_seed.values())) for a, by_seed in per_seed.items()}
         arm_curves = curves(rows)
         table = build_table(stats, start_summary, labels)
-        plot = plot_spatial_reward(arm_curves, run_dir / "spatial_reward.png", labels)
+        plot = plot_spatial_reward(arm_curves, run_dir / "spatial_reward.png")
         minutes = (time.perf_counter() - t0) / 60
         result = {
             **(provenance or {}),
