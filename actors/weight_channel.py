@@ -13,14 +13,19 @@ A corrupt or missing bucket refuses the whole version: the subscriber keeps its 
 worker that joins late simply gets the latest version on its first poll.
 
 Same host (``cfg.weight_shm``, default on): the publisher's snapshot is a file in /dev/shm and the
-manifest names it; a subscriber on the same host copies the buckets from it (one memcpy each) and
-verifies the same checksums, falling back to TCP when it cannot open the file
-(`stgrl.actors.shm_snapshot`). TCP over loopback is several times slower than memcpy here.
+manifest names it; a subscriber on the same host maps it, verifies the same checksums straight from
+the mapping and returns views of it, so the caller's load into its model is the only copy. It falls
+back to TCP when it cannot open the file. The publisher rewrites the same file for the next version
+when no subscriber still holds tensors of the previous one, which keeps the subscribers' mappings
+(and page tables) warm (`stgrl.actors.shm_snapshot`). TCP over loopback is several times slower
+than memcpy here.
 
-Memory: the publisher holds one snapshot (the latest version; the previous one is released before a
-new one is packed, so requests during packing get `NoVersion`). The subscriber allocates one buffer
-per new version; the caller owns the returned tensors, so while it loads them into its model there
-are at most its model and that one buffer (+ ``weight_window`` buckets in flight in ZeroMQ).
+Memory: the publisher holds one snapshot (the latest version; the previous one is released, or
+rewritten in place, before a new one is packed, so requests during packing get `NoVersion`). Over
+TCP the subscriber allocates one buffer per new version (or reuses one); over /dev/shm it allocates
+nothing and its tensors share the publisher's snapshot pages. The caller owns the returned tensors,
+so while it loads them into its model there are at most its model and that one buffer or snapshot
+(+ ``weight_window`` buckets in flight in ZeroMQ).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import zmq
 from stgrl.actors.config import TransportConfig
 from stgrl.actors.endpoints import ClientSocket, ServerSocket
 from stgrl.actors.security import CurveKeys
-from stgrl.actors.shm_snapshot import ShmSnapshot, host_id, map_read_only, sweep_stale
+from stgrl.actors.shm_snapshot import ShmSnapshot, SnapshotReader, host_id, sweep_stale
 from stgrl.actors.tensor_frames import DTYPES, dtype_name
 from stgrl.actors.wire import (
     BucketRequest,
@@ -203,13 +208,18 @@ class WeightPublisher:
             raise ValueError(f"weight version {version} is not newer than {self._latest_version}")
         with self._lock:
             previous, self._latest = self._latest, None  # one snapshot in memory at a time
-        self._release_shm()
+        released = True
         if previous is not None:
             ref = weakref.ref(previous[1])
             del previous  # the caller's reference too: only in-flight frames may keep it alive
-            self._wait_released(ref)
+            released = self._wait_released(ref)
         t0 = time.perf_counter()
-        manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes, alloc=lambda n: self._alloc(n, version))
+        try:
+            manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes,
+                                 alloc=lambda n: self._alloc(n, version, rewrite=released))
+        finally:
+            if self._shm is not None:
+                self._shm.done_writing()
         if self._shm is not None:
             manifest = msgspec.structs.replace(manifest, shm_path=str(self._shm.path), host=self._host)
         with self._lock:
@@ -221,25 +231,36 @@ class WeightPublisher:
         return manifest
 
     @staticmethod
-    def _wait_released(ref: weakref.ref, limit_s: float = 2.0) -> None:
+    def _wait_released(ref: weakref.ref, limit_s: float = 2.0) -> bool:
         """Wait (briefly) until ZeroMQ has let go of the previous snapshot before allocating the next.
 
         Frames are sent zero-copy: libzmq holds the snapshot until they are on the wire, and pyzmq
         drops its reference from a background thread afterwards. Without this wait two snapshots can
-        briefly coexist. After ``limit_s`` (a subscriber still draining) we go on regardless.
+        briefly coexist. After ``limit_s`` (a subscriber still draining) we go on regardless, into new
+        memory: False means the old snapshot must not be rewritten in place.
         """
         deadline = time.monotonic() + limit_s
         while ref() is not None and time.monotonic() < deadline:
             time.sleep(0.005)
         if ref() is not None:
             log.info("previous weight snapshot still referenced by in-flight frames; packing anyway")
+            return False
+        return True
 
-    def _alloc(self, nbytes: int, version: int) -> torch.Tensor:
-        """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous."""
+    def _alloc(self, nbytes: int, version: int, rewrite: bool) -> torch.Tensor:
+        """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous.
+
+        The previous /dev/shm snapshot is rewritten in place (warm pages on both sides) when it has the
+        same size, no frame still references it (``rewrite``) and no subscriber holds a lease on it;
+        otherwise it is released before the new one is allocated.
+        """
+        if self._shm is not None and rewrite and self._shm.nbytes == nbytes and self._shm.try_rewrite(version):
+            return self._shm.tensor()
+        self._release_shm()
         if self.cfg.weight_shm and nbytes > 0:
             try:
                 self._shm = ShmSnapshot(nbytes, version)
-                return self._shm.tensor
+                return self._shm.tensor()
             except OSError as err:
                 log.warning("weight snapshot not in /dev/shm (%s); same-host subscribers use TCP", err)
         return torch.empty(nbytes, dtype=torch.uint8)
@@ -308,9 +329,13 @@ class WeightSubscriber:
     """Pulls new weight versions from one publisher (rollout worker side); one thread only.
 
     ``server_public`` (the run's public key) and ``keys`` are needed when the publisher uses CURVE.
-    ``reuse_buffer=True`` receives every version into one staging buffer: faster (no page faults), but
-    the returned tensors are then only valid until the next `poll_latest` (load them into the model
-    first), and a refused version overwrites the staging buffer, not the model.
+    ``reuse_buffer=True`` receives every TCP version into one staging buffer: faster (no page faults),
+    but the returned tensors are then only valid until the next `poll_latest` (load them into the
+    model first), and a refused version overwrites the staging buffer, not the model. Versions read
+    from /dev/shm never need a buffer: their tensors are views of the publisher's snapshot, valid for
+    as long as the caller holds them (drop them after loading, so the publisher can rewrite the
+    snapshot in place). ``verify=False`` skips the bucket checksums; it exists to measure what they
+    cost (benchmarks/transport.py), not for production.
     """
 
     def __init__(
@@ -322,9 +347,12 @@ class WeightSubscriber:
         server_public: bytes | None = None,
         subscriber_id: str | None = None,
         reuse_buffer: bool = False,
+        verify: bool = True,
     ) -> None:
         self.cfg = cfg
         self.reuse_buffer = reuse_buffer
+        self.verify = verify
+        self._reader = SnapshotReader()
         self._staging: torch.Tensor | None = None
         self._max_chunks = -(-cfg.bucket_bytes // CHUNK_BYTES)
         self.subscriber_id = subscriber_id or uuid.uuid4().hex[:12]
@@ -343,7 +371,8 @@ class WeightSubscriber:
         """The latest version if newer than `current_version`, else None.
 
         Returns ``(version, state_dict)`` only after every bucket arrived and passed its checksum;
-        the tensors are views into one fresh buffer owned by the caller. Raises
+        the tensors are views into one buffer owned by the caller (over /dev/shm: into the
+        publisher's snapshot, copy-on-write; load them, then drop them). Raises
         `WeightVerificationError` (version refused, `current_version` unchanged) or
         `TransportTimeout` naming the publisher; ``timeout`` bounds each wait (default cfg.timeout_s).
         """
@@ -375,10 +404,11 @@ class WeightSubscriber:
         if manifest.bucket_nbytes > self.cfg.bucket_bytes:
             raise WeightVerificationError(f"publisher {self.address} uses {manifest.bucket_nbytes}-byte buckets, "
                                           f"above our limit of {self.cfg.bucket_bytes}")
+        local = self._pull_local(manifest, spans)
+        if local is not None:
+            return local
         buf = self._buffer(manifest.total_nbytes)
         raw = buf.numpy()
-        if self._pull_local(manifest, buf, spans):
-            return _unpack(manifest, buf)
         todo = list(range(len(spans)))
         outstanding: set[int] = set()
         while todo or outstanding:
@@ -404,14 +434,15 @@ class WeightSubscriber:
                 for off in range(pos, pos + chunk.numel(), _HASH_STEP):  # hash while still in cache
                     stop = min(off + _HASH_STEP, pos + chunk.numel())
                     buf[off:stop].copy_(chunk[off - pos:stop - pos])
-                    digest.update(raw[off:stop])
+                    if self.verify:
+                        digest.update(raw[off:stop])
                 pos += chunk.numel()
             del tensors  # release the frames now
             if pos != end or msg.nbytes != end - start:
                 raise WeightVerificationError(
                     f"bucket {msg.index} of version {manifest.version} from {self.address} is malformed "
                     f"({pos - start} of {end - start} bytes); keeping version {self.current_version}")
-            if digest.intdigest() != manifest.bucket_checksums[msg.index]:
+            if self.verify and digest.intdigest() != manifest.bucket_checksums[msg.index]:
                 raise WeightVerificationError(
                     f"bucket {msg.index} of version {manifest.version} from {self.address} failed its "
                     f"checksum; version refused, keeping version {self.current_version}")
@@ -419,30 +450,48 @@ class WeightSubscriber:
         self.last_path = "tcp"
         return _unpack(manifest, buf)
 
-    def _pull_local(self, manifest: WeightManifest, buf: torch.Tensor, spans: list[tuple[int, int]]) -> bool:
-        """Same-host fast path: copy every bucket from the publisher's /dev/shm snapshot and verify it.
+    def _pull_local(self, manifest: WeightManifest, spans: list[tuple[int, int]]) -> dict[str, torch.Tensor] | None:
+        """Same-host fast path: verify the publisher's /dev/shm snapshot where it lies and return views
+        of it (no copy here: the caller's load into its model is the one copy).
 
-        False when the snapshot is not reachable from here (other host, own /dev/shm, superseded):
-        the caller pulls over TCP instead. A checksum failure refuses the version like over TCP.
+        None when the snapshot is not reachable from here (other host, own /dev/shm, superseded or
+        being rewritten): the caller pulls over TCP, which answers `NoVersion` for a superseded
+        version. A checksum failure refuses the version like over TCP; before that, a failure seen
+        through a reused mapping is retried once through a fresh one (a caller that wrote into an
+        earlier version's tensors made those pages private to us).
         """
         if not (self.cfg.weight_shm and manifest.shm_path and manifest.host == host_id()):
-            return False
-        src = map_read_only(manifest.shm_path, manifest.total_nbytes)
-        if src is None:
-            return False
+            return None
+        bad = None
+        for fresh in (False, True):
+            opened = self._reader.open(manifest.shm_path, manifest.total_nbytes, fresh=fresh)
+            if opened is None:
+                return None
+            buf, reused = opened
+            bad = self._first_bad_bucket(manifest, buf, spans)
+            if bad is None:
+                self.last_path = "shm"
+                return _unpack(manifest, buf)
+            del buf, opened  # drop the lease before mapping again
+            if not reused:
+                break
+            log.info("bucket %d of version %d mismatched through a reused mapping; mapping it afresh", bad,
+                     manifest.version)
+        self._reader.close()
+        raise WeightVerificationError(
+            f"bucket {bad} of version {manifest.version} from {self.address} (shared memory) failed its "
+            f"checksum; version refused, keeping version {self.current_version}")
+
+    def _first_bad_bucket(self, manifest: WeightManifest, buf: torch.Tensor,
+                          spans: list[tuple[int, int]]) -> int | None:
+        """Index of the first bucket of ``buf`` whose xxh3 differs from the manifest (None: all match)."""
+        if not self.verify:
+            return None
         raw = buf.numpy()
         for i, (start, end) in enumerate(spans):
-            digest = xxhash.xxh3_64()
-            for pos in range(start, end, _HASH_STEP):  # hash each piece while it is still in cache
-                stop = min(pos + _HASH_STEP, end)
-                buf[pos:stop].copy_(src[pos:stop])
-                digest.update(raw[pos:stop])
-            if digest.intdigest() != manifest.bucket_checksums[i]:
-                raise WeightVerificationError(
-                    f"bucket {i} of version {manifest.version} from {self.address} (shared memory) failed its "
-                    f"checksum; version refused, keeping version {self.current_version}")
-        self.last_path = "shm"
-        return True
+            if xxhash.xxh3_64_intdigest(raw[start:end]) != manifest.bucket_checksums[i]:
+                return i
+        return None
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         """Fresh memory per version, or the one reused staging buffer (warm pages: ~6x faster here)."""
@@ -489,3 +538,4 @@ class WeightSubscriber:
 
     def close(self) -> None:
         self._client.close()
+        self._reader.close()

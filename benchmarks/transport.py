@@ -4,10 +4,13 @@ actors on this machine, CURVE off and on.
     .venv/bin/python benchmarks/transport.py --gb 1.0 --out runs/bench/transport.json
 
 Measures
-- weight sync of a ~``--gb`` GB bf16 state dict, publisher actor -> subscriber actor (manifest, all
-  buckets, checksums) over TCP (CURVE off and on) and over the same-host /dev/shm path, best of
-  ``--repeats`` pulls into fresh memory and into a reused staging buffer, against a memcpy of the
-  same bytes into a preallocated buffer in the subscriber.
+- weight sync of a ~``--gb`` GB bf16 state dict, publisher actor -> subscriber actor, end to end:
+  manifest, all buckets, checksums, and the load (``copy_``) into the subscriber's model, i.e.
+  preallocated, touched tensors of the same shapes. Over TCP (CURVE off and on; into fresh memory and
+  into a reused staging buffer) and over the same-host /dev/shm path (checksums on, and off to
+  measure their cost). Best of ``--repeats`` syncs against a memcpy of the same bytes into a
+  preallocated, touched buffer in the same actor, one torch thread, measured right before each sync.
+  The time to the verified state dict without the load (``pull``) is reported too.
 - msgspec (`stgrl.actors.wire`) vs pickle encode+decode of a realistic trajectory group, with and
   without its tensors. Pickle appears only here, as the baseline; actors never unpickle.
 - small-message (Control) round-trip latency p50/p99 over DEALER/ROUTER.
@@ -33,22 +36,30 @@ import msgspec
 log = logging.getLogger("benchmarks.transport")
 
 
-def _state_dict(gb: float):
-    """bf16 tensors shaped like a transformer's: embeddings, attention and MLP blocks."""
-    import torch
-
+def _shapes(gb: float) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a transformer's bf16 tensors (embeddings, attention and MLP blocks), ~gb GB."""
     hidden, inter, vocab = 2048, 5632, 32000
-    sd = {"embed_tokens.weight": torch.randn(vocab, hidden).to(torch.bfloat16)}
-    layer = 0
-    while sum(t.numel() * 2 for t in sd.values()) < gb * 1e9:
+    shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (vocab, hidden)}
+    nbytes, layer = vocab * hidden * 2, 0
+    while nbytes < gb * 1e9:
         p = f"layers.{layer}."
         for name, shape in [("q", (hidden, hidden)), ("k", (hidden // 4, hidden)), ("v", (hidden // 4, hidden)),
                             ("o", (hidden, hidden)), ("gate", (inter, hidden)), ("up", (inter, hidden)),
                             ("down", (hidden, inter))]:
-            sd[p + name + ".weight"] = torch.randn(*shape).to(torch.bfloat16)
-        sd[p + "norm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+            shapes[p + name + ".weight"] = shape
+            nbytes += shape[0] * shape[1] * 2
+        shapes[p + "norm.weight"] = (hidden,)
+        nbytes += hidden * 2
         layer += 1
-    return sd
+    return shapes
+
+
+def _state_dict(gb: float):
+    """The learner's bf16 state dict (random weights, norms at one)."""
+    import torch
+
+    return {name: torch.ones(shape, dtype=torch.bfloat16) if len(shape) == 1
+            else torch.randn(*shape).to(torch.bfloat16) for name, shape in _shapes(gb).items()}
 
 
 def _make_actors():
@@ -82,29 +93,39 @@ def _make_actors():
 
     @ray.remote(num_cpus=0)
     class Worker:
-        def __init__(self, address, cfg, keys, server_public, reuse):
+        def __init__(self, address, cfg, keys, server_public, reuse, verify, gb):
             torch.set_num_threads(1)
-            self.sub = WeightSubscriber(address, cfg, keys, server_public=server_public, reuse_buffer=reuse)
+            self.sub = WeightSubscriber(address, cfg, keys, server_public=server_public, reuse_buffer=reuse,
+                                        verify=verify)
+            # the rollout model the weights are loaded into: preallocated and touched
+            self.model = {name: torch.zeros(shape, dtype=torch.bfloat16) for name, shape in _shapes(gb).items()}
+            nbytes = sum(t.numel() * t.element_size() for t in self.model.values())
+            self.src = torch.ones(nbytes, dtype=torch.uint8)  # memcpy baseline, same bytes, both touched
+            self.dst = torch.zeros(nbytes, dtype=torch.uint8)
 
-        def pull(self):
+        def memcpy(self) -> float:
+            t0 = time.perf_counter()
+            self.dst.copy_(self.src)
+            return time.perf_counter() - t0
+
+        def sync(self):
+            """memcpy baseline, then pull the new version and load it into the model (end to end)."""
+            memcpy_s = min(self.memcpy() for _ in range(2))
             t0 = time.perf_counter()
             got = self.sub.poll_latest(300)
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
             assert got is not None
-            return got[0], dt, self.sub.last_path
-
-        def memcpy(self, nbytes, repeats):
-            src = torch.ones(nbytes, dtype=torch.uint8)
-            dst = torch.zeros(nbytes, dtype=torch.uint8)  # preallocated and touched
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                dst.copy_(src)
-                times.append(time.perf_counter() - t0)
-            return min(times)
+            version, state = got
+            for name, t in state.items():
+                self.model[name].copy_(t)
+            t2 = time.perf_counter()
+            del got, state, t  # the caller drops the version once loaded (lets the snapshot be reused)
+            return {"version": version, "pull_s": t1 - t0, "sync_s": t2 - t0, "memcpy_s": memcpy_s,
+                    "path": self.sub.last_path}
 
         def close(self):
             self.sub.close()
+            self.model = self.src = self.dst = None
 
     @ray.remote(num_cpus=0)
     class Echo:
@@ -146,35 +167,45 @@ def _make_actors():
     return Learner, Worker, Echo, Pinger
 
 
-def bench_weights(args, cfg, keys, curve: bool) -> dict:
+def bench_weights(args, cfg, keys, curve: bool, variants: list[tuple[str, bool, bool]]) -> dict:
+    """One publisher; per variant ``(label, reuse_buffer, verify)`` a fresh subscriber that syncs
+    ``--repeats`` versions (plus one first sync into a fresh /dev/shm mapping, reported apart)."""
     import ray
 
     Learner, Worker, _, _ = _make_actors()
     learner = Learner.remote(cfg, keys, args.gb)
     address = ray.get(learner.address.remote())
-    out: dict = {"curve": curve, "path": "shm" if cfg.weight_shm else "tcp"}
-    for reuse in (False, True):
-        worker = Worker.remote(address, cfg, keys, keys.public if curve else None, reuse)
-        pulls = []
-        for r in range(args.repeats):
+    path = "shm" if cfg.weight_shm else "tcp"
+    out: dict = {"curve": curve, "path": path, "loadavg_start": os.getloadavg()}
+    for label, reuse, verify in variants:
+        worker = Worker.remote(address, cfg, keys, keys.public if curve else None, reuse, verify, args.gb)
+        syncs, publish_s = [], []
+        for r in range(args.repeats + (path == "shm")):
             version, nbytes, pack_s = ray.get(learner.publish.remote())
-            got_version, dt, path = ray.get(worker.pull.remote())
-            assert got_version == version
-            assert path == ("shm" if cfg.weight_shm else "tcp"), path
-            pulls.append(dt)
-            log.info("curve=%s shm=%s reuse=%s pull %d: %.2f s (%.2f GB/s), publish/pack %.2f s", curve,
-                     cfg.weight_shm, reuse, r, dt, nbytes / dt / 1e9, pack_s)
-        memcpy_s = ray.get(worker.memcpy.remote(nbytes, 3))
+            got = ray.get(worker.sync.remote())
+            assert got["version"] == version and got["path"] == path, got
+            syncs.append(got)
+            publish_s.append(pack_s)
+            log.info("%s %s %s sync %d: pull %.3f s, pull+load %.3f s (%.2f GB/s), memcpy %.3f s, publish %.2f s",
+                     path, "curve" if curve else "plain", label, r, got["pull_s"], got["sync_s"],
+                     nbytes / got["sync_s"] / 1e9, got["memcpy_s"], pack_s)
         ray.get(worker.close.remote())
         ray.kill(worker)
-        key = "reuse" if reuse else "fresh"
-        best = min(pulls)
-        out[key] = {"pull_s": pulls, "gbps": nbytes / best / 1e9, "memcpy_gbps": nbytes / memcpy_s / 1e9,
-                    "ratio_vs_memcpy": memcpy_s / best}
+        first = None
+        if path == "shm":  # the first sync maps a new file; later ones reuse the mapping
+            first, syncs = syncs[0], syncs[1:]
+        memcpy_s = min(s["memcpy_s"] for s in syncs)
+        best_sync = min(s["sync_s"] for s in syncs)
+        best_pull = min(s["pull_s"] for s in syncs)
+        out[label] = {
+            "syncs": syncs, "first_sync": first, "publish_s": publish_s,
+            "memcpy_gbps": nbytes / memcpy_s / 1e9, "sync_gbps": nbytes / best_sync / 1e9,
+            "ratio_vs_memcpy": memcpy_s / best_sync, "pull_only_ratio_vs_memcpy": memcpy_s / best_pull,
+        }
         out["nbytes"] = nbytes
-        out["publish_pack_s"] = pack_s
     ray.get(learner.close.remote())
     ray.kill(learner)
+    out["loadavg_end"] = os.getloadavg()
     return out
 
 
@@ -270,13 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results["encoding"] = bench_encoding(max(3, args.repeats))
         log.info("encoding: %s", results["encoding"])
-        for name, curve, shm in [("plain", False, False), ("curve", True, False), ("shm", False, True)]:
+        tcp = [("fresh", False, True), ("reuse", True, True)]
+        shm = [("verify", False, True), ("no_verify", False, False)]
+        for name, curve, variants in [("shm", False, shm), ("plain", False, tcp), ("curve", True, tcp)]:
             cfg = TransportConfig(curve="on" if curve else "off", weight_bucket_mib=args.bucket_mib, timeout_s=300,
-                                  weight_shm=shm)
-            if not shm:
+                                  weight_shm=variants is shm)
+            if variants is tcp:
                 results[f"latency_{name}"] = bench_latency(cfg, keys, curve, args.latency_n)
                 log.info("latency %s: %s", name, results[f"latency_{name}"])
-            results[f"weights_{name}"] = bench_weights(args, cfg, keys, curve)
+            results[f"weights_{name}"] = bench_weights(args, cfg, keys, curve, variants)
             log.info("weights %s: %s", name, results[f"weights_{name}"])
     finally:
         ray.shutdown()

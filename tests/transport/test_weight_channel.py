@@ -17,7 +17,7 @@ import zmq
 
 from stgrl.actors.endpoints import TransportTimeout
 from stgrl.actors.security import CurveKeys, generate_keypair
-from stgrl.actors.shm_snapshot import PREFIX, SHM_DIR, map_read_only, sweep_stale
+from stgrl.actors.shm_snapshot import PREFIX, SHM_DIR, ShmSnapshot, SnapshotReader, sweep_stale
 from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
 from stgrl.actors.wire import Reject, WeightBucket, WireError, decode, encode
 
@@ -176,35 +176,125 @@ def test_a_version_superseded_while_pulling_is_replaced_by_the_newer_one(tx):
         pub.close()
 
 
-def test_same_host_snapshot_corrupted_in_shared_memory_is_refused(tx):
+def _flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:  # flip one byte in the real snapshot
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x80]))
+
+
+@pytest.mark.parametrize("hold_previous", [True, False])
+def test_same_host_snapshot_corrupted_in_shared_memory_is_refused(tx, hold_previous):
+    """Refused both when version 2 is a new file (version 1 still held) and when it was rewritten into
+    the file the subscriber already has mapped (version 1 dropped)."""
     cfg = tx.small_cfg(curve="off", weight_shm=True)
     pub = WeightPublisher(cfg)
     sub = WeightSubscriber(pub.address, cfg)
+    unchecked = WeightSubscriber(pub.address, cfg, verify=False)
     try:
         first = pub.publish(1, state_dict(1))
+        inode = os.stat(first.shm_path).st_ino
         _, v1 = sub.poll_latest(5)
         assert sub.last_path == "shm"
         snapshot = {k: t.clone() for k, t in v1.items()}
+        if not hold_previous:
+            del v1
         manifest = pub.publish(2, state_dict(2))
         assert Path(manifest.shm_path).exists() and not Path(first.shm_path).exists()  # v1 released
-        with open(manifest.shm_path, "r+b") as f:  # flip one byte of bucket 2 in the real snapshot
-            f.seek(2 * manifest.bucket_nbytes + 5)
-            byte = f.read(1)
-            f.seek(-1, 1)
-            f.write(bytes([byte[0] ^ 0x80]))
+        assert (os.stat(manifest.shm_path).st_ino == inode) == (not hold_previous)     # or rewritten
+        _flip_byte(manifest.shm_path, 2 * manifest.bucket_nbytes + 5)                  # in bucket 2
         with pytest.raises(WeightVerificationError, match="bucket 2 of version 2 .*shared memory.* keeping version 1"):
             sub.poll_latest(5)
         assert sub.current_version == 1
-        _assert_same(v1, snapshot)
+        if hold_previous:
+            _assert_same(v1, snapshot)
+        version, got = unchecked.poll_latest(5)  # checksums off: the corruption goes through
+        assert version == 2 and unchecked.last_path == "shm"
+        assert not torch.equal(got["layers.0.attn.q.weight"], state_dict(2)["layers.0.attn.q.weight"])
     finally:
+        unchecked.close()
         sub.close()
         pub.close()
     assert not Path(manifest.shm_path).exists()  # close removes the snapshot file
 
 
+def test_same_host_snapshot_is_rewritten_in_place_only_when_no_one_holds_the_previous_version(tx):
+    """Only a snapshot of the same size is rewritten (a model's weights keep their size)."""
+    def same_size(version: int) -> dict[str, torch.Tensor]:
+        return {**state_dict(version), "position_ids": torch.arange(80) * version}
+
+    cfg = tx.small_cfg(curve="off", weight_shm=True)
+    pub = WeightPublisher(cfg)
+    sub = WeightSubscriber(pub.address, cfg)
+    try:
+        m1 = pub.publish(1, same_size(1))
+        first = os.stat(m1.shm_path).st_ino
+        _, v1 = sub.poll_latest(5)
+        m2 = pub.publish(2, same_size(2))              # v1 still held: a new file, v1 never changes
+        assert os.stat(m2.shm_path).st_ino != first
+        _, v2 = sub.poll_latest(5)
+        _assert_same(v1, same_size(1))
+        _assert_same(v2, same_size(2))
+        assert m2.shm_path != m1.shm_path and not Path(m1.shm_path).exists()
+        inode = os.stat(m2.shm_path).st_ino
+        del v1, v2                                      # loaded and dropped: the leases end
+        m3 = pub.publish(3, same_size(3))
+        assert os.stat(m3.shm_path).st_ino == inode and not Path(m2.shm_path).exists()  # same file, renamed
+        _, v3 = sub.poll_latest(5)
+        _assert_same(v3, same_size(3))
+        # writing into a received tensor changes only the caller's copy, never the publisher's snapshot
+        scale = next(e for e in m3.tensors if e.name == "scale")
+        v3["scale"].fill_(-1.0)
+        on_file = Path(m3.shm_path).read_bytes()[scale.offset:scale.offset + scale.nbytes]
+        assert on_file == same_size(3)["scale"].numpy().tobytes()
+        del v3
+        m4 = pub.publish(4, same_size(4))              # rewritten in place again
+        assert os.stat(m4.shm_path).st_ino == inode
+        version, v4 = sub.poll_latest(5)                # the page written above is private to us: remapped
+        assert version == 4 and sub.last_path == "shm"
+        _assert_same(v4, same_size(4))
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_a_snapshot_is_leased_only_while_its_tensors_live_and_never_while_rewritten():
+    snap = ShmSnapshot(1 << 16, 1)
+    reader = SnapshotReader()
+    try:
+        snap.tensor().fill_(1)
+        snap.done_writing()
+        old = str(snap.path)
+        t, reused = reader.open(old, 1 << 16)
+        assert not reused and int(t[-1]) == 1
+        view = t[100:200].view(torch.int16)
+        del t
+        assert not snap.try_rewrite(2)                  # a view of version 1 is alive: leased
+        del view
+        t, reused = reader.open(old, 1 << 16)
+        assert reused                                   # same file: the cached mapping
+        del t
+        assert snap.try_rewrite(2)                      # nothing alive: taken for version 2 and renamed
+        assert reader.open(old, 1 << 16) is None        # a stale manifest no longer resolves
+        assert reader.open(str(snap.path), 1 << 16) is None  # being written
+        snap.tensor().fill_(2)
+        snap.done_writing()
+        assert reader.open(str(snap.path), 1 << 15) is None  # size mismatch
+        t, reused = reader.open(str(snap.path), 1 << 16)
+        assert reused and int(t[0]) == 2 == int(t[-1])  # rewritten under the same mapping
+    finally:
+        reader.close()
+        snap.release()
+    assert not snap.path.exists()
+
+
 def test_shm_paths_are_validated_and_stale_snapshots_swept(tmp_path):
-    assert map_read_only(str(tmp_path / "stgrl-weights-1-1"), 10) is None   # outside /dev/shm
-    assert map_read_only("/dev/shm/../etc/passwd", 10) is None
+    reader = SnapshotReader()
+    outside = tmp_path / "stgrl-weights-1-1"
+    outside.write_bytes(b"x" * 10)
+    assert reader.open(str(outside), 10) is None                             # outside /dev/shm
+    assert reader.open("/dev/shm/../etc/passwd", 10) is None
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = SHM_DIR / f"{PREFIX}{dead.pid}-7"
