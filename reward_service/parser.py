@@ -33,6 +33,9 @@ _T_TAG = re.compile(r"<t>([^<]*)</t>")
 _OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
 
+_INNER_PAIRS = (("<obj>", "</obj>"), ("<box>", "</box>"), ("<t>", "</t>"))
+_INNER_TAGS = ("<box>", "</box>", "<t>", "</t>", "<obj>", "</obj>")
+
 MAX_NUMBER_CHARS = 64
 """A number longer than this is malformed (keeps float() and the pattern on bounded input)."""
 MAX_BOX_CHARS = 256
@@ -58,7 +61,17 @@ class Claim:
 
 
 def parse_number(text: str) -> float | None:
-    """A finite decimal number (optionally signed, with exponent) or None. Never raises."""
+    """A finite decimal number (optionally signed, with exponent) or None. Never raises.
+
+    Fast path for the common `123` / `1.5` (ASCII digits and at most one dot, no sign, exponent or
+    space): such a string always matches the strict pattern and `float` reads it the same way, so only
+    the other spellings pay for the regex."""
+    if len(text) <= MAX_NUMBER_CHARS and text.replace(".", "", 1).isdigit() and text.isascii():
+        return float(text)
+    return _parse_number_strict(text)
+
+
+def _parse_number_strict(text: str) -> float | None:
     if len(text) > MAX_NUMBER_CHARS:
         return None
     m = _NUMBER.fullmatch(text)
@@ -70,7 +83,19 @@ def parse_number(text: str) -> float | None:
 
 def parse_box(text: str) -> list[float] | None:
     """`[x1, y1, x2, y2]` (four finite numbers) or None. Inverted boxes are returned as written:
-    the IoU step scores them 0. One bounded regex match (boxes hold most of the numbers)."""
+    the IoU step scores them 0. Fast path for the common `[int,int,int,int]` (ASCII digits only:
+    always a strict match, finite, and read the same by `float`); everything else is one bounded
+    regex match."""
+    if len(text) <= MAX_BOX_CHARS and text[:1] == "[" and text[-1:] == "]":
+        parts = text[1:-1].split(",")
+        if len(parts) == 4:
+            x1, y1, x2, y2 = parts
+            if x1.isdigit() and y1.isdigit() and x2.isdigit() and y2.isdigit() and text.isascii():
+                return [float(x1), float(y1), float(x2), float(y2)]
+    return _parse_box_strict(text)
+
+
+def _parse_box_strict(text: str) -> list[float] | None:
     if len(text) > MAX_BOX_CHARS:
         return None
     m = _BOX.fullmatch(text)
@@ -98,8 +123,8 @@ class ParsedCompletion:
     no claims never builds them. (Hand-rolled caching: `functools.cached_property` takes a lock per
     access on Python 3.11, which cost more than the parsing.)"""
 
-    __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_think_times", "_answer_times",
-                 "_answer_boxes")
+    __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_claim_tuples", "_think_times",
+                 "_answer_times", "_answer_boxes", "_think_tags", "_answer_tags")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -107,9 +132,14 @@ class ParsedCompletion:
         self._answer = _block(text, "answer")
         self._well_formed: bool | None = None
         self._claims: list[Claim] | None = None
+        self._claim_tuples: list[tuple[str, list[list[float] | None], float | None]] | None = None
         self._think_times: list[float | None] | None = None
         self._answer_times: list[float | None] | None = None
         self._answer_boxes: list[list[float] | None] | None = None
+        # how many `<` of the think / the answer the parts read so far consist of (tags of complete
+        # claims, `<t>X</t>` or `<box>X</box>`, each balanced); lets `well_formed` skip its counts
+        self._think_tags = -1
+        self._answer_tags = -1
 
     @property
     def think(self) -> str | None:
@@ -130,6 +160,45 @@ class ParsedCompletion:
         return self._well_formed
 
     def _check_form(self) -> bool:
+        """`_check_form_by_counts` with fewer scans in the common case, by accounting for every `<` of
+        the text: if the only `<` outside the two blocks are their four tags (found at known, distinct
+        places) and the only `<` inside them belong to `<obj>`/`<box>`/`<t>` tags, each block tag
+        occurs exactly once, and only the balance inside the think is left to check. Parts already
+        parsed account for their tags (a complete claim or `<t>X</t>` is balanced), and only what they
+        leave over is counted tag by tag. Whenever a `<` is not accounted for, the full count decides."""
+        text, think, answer = self.text, self._think, self._answer
+        if think is None or answer is None or think[1] > answer[0]:
+            return False
+        a, b = think
+        c, d = answer
+        if c - 8 < b:  # `<answer>` overlaps the think: let the full count decide
+            return self._check_form_by_counts()
+        in_think = text.count("<", a, b)
+        in_answer = text.count("<", c, d)
+        if text.count("<") != in_think + in_answer + 4:
+            return self._check_form_by_counts()
+        if in_answer and in_answer != self._answer_tags:
+            seen = 0
+            for tag in _INNER_TAGS:
+                seen += text.count(tag, c, d)
+                if seen == in_answer:
+                    break
+            else:
+                return self._check_form_by_counts()
+        if in_think == 0 or in_think == self._think_tags:
+            return True
+        seen = 0
+        for opening, closing in _INNER_PAIRS:
+            n_open = text.count(opening, a, b)
+            if n_open != text.count(closing, a, b):
+                return False  # an unbalanced pair: not well formed whatever else the think holds
+            seen += 2 * n_open
+            if seen == in_think:
+                return True
+        return self._check_form_by_counts()
+
+    def _check_form_by_counts(self) -> bool:
+        """The definition of `well_formed`, one count per tag (reference twin of `_check_form`)."""
         text, think, answer = self.text, self._think, self._answer
         if think is None or answer is None or think[1] > answer[0]:
             return False
@@ -141,39 +210,58 @@ class ParsedCompletion:
     @property
     def claims(self) -> list[Claim]:
         if self._claims is None:
-            self._claims = [] if self._think is None else self._parse_claims(*self._think)
+            self._claims = [Claim(name=n, boxes=bx, time=t) for n, bx, t in self.claim_tuples]
         return self._claims
 
-    def _parse_claims(self, a: int, b: int) -> list[Claim]:
+    @property
+    def claim_tuples(self) -> list[tuple[str, list[list[float] | None], float | None]]:
+        """The claims as plain `(name, boxes, time)` tuples (what the reward's hot path reads)."""
+        if self._claim_tuples is None:
+            self._claim_tuples = [] if self._think is None else self._parse_claims(*self._think)
+        return self._claim_tuples
+
+    def _parse_claims(self, a: int, b: int) -> list[tuple[str, list[list[float] | None], float | None]]:
         out = []
-        for m in _CLAIM.finditer(self.text, a, b):
-            name = m.group(1)
+        tags = 0
+        for name, boxes, t in _CLAIM.findall(self.text, a, b):
+            # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
+            # pieces (and a last empty one)
+            pieces = boxes.split("</box>")
+            tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
             if len(name) <= MAX_NAME_CHARS:
-                boxes = [parse_box(x) for x in _BOX_TAG.findall(m.group(2))]
-                out.append(Claim(name=name.strip(), boxes=boxes, time=parse_number(m.group(3))))
+                pieces.pop()
+                out.append((name.strip(), [parse_box(x[x.find("<box>") + 5 :]) for x in pieces], parse_number(t)))
+        if tags > self._think_tags:
+            self._think_tags = tags
         return out
 
     @property
     def think_times(self) -> list[float | None]:
         """Every `<t>X</t>` in the think, in order (None where X is not a finite number)."""
         if self._think_times is None:
-            self._think_times = self._numbers(_T_TAG, self._think, parse_number)
+            found = [] if self._think is None else _T_TAG.findall(self.text, *self._think)
+            if 2 * len(found) > self._think_tags:
+                self._think_tags = 2 * len(found)
+            self._think_times = [parse_number(x) for x in found]
         return self._think_times
 
     @property
     def answer_times(self) -> list[float | None]:
         if self._answer_times is None:
-            self._answer_times = self._numbers(_T_TAG, self._answer, parse_number)
+            found = [] if self._answer is None else _T_TAG.findall(self.text, *self._answer)
+            if 2 * len(found) > self._answer_tags:
+                self._answer_tags = 2 * len(found)
+            self._answer_times = [parse_number(x) for x in found]
         return self._answer_times
 
     @property
     def answer_boxes(self) -> list[list[float] | None]:
         if self._answer_boxes is None:
-            self._answer_boxes = self._numbers(_BOX_TAG, self._answer, parse_box)
+            found = [] if self._answer is None else _BOX_TAG.findall(self.text, *self._answer)
+            if 2 * len(found) > self._answer_tags:
+                self._answer_tags = 2 * len(found)
+            self._answer_boxes = [parse_box(x) for x in found]
         return self._answer_boxes
-
-    def _numbers(self, tag: re.Pattern, block: tuple[int, int] | None, parse):
-        return [] if block is None else [parse(x) for x in tag.findall(self.text, *block)]
 
 
 def parse_completion(text: str) -> ParsedCompletion:

@@ -15,6 +15,10 @@ Components per task:
 With `spatial_mode="plain"` (ablation baseline) spatio_temporal drops `temporal_proximity`, and the
 `spatial_gated` slot holds the ungated IoU at the nearest key frame (the name stays so metric names
 and dashboards stay comparable across the ablation's runs).
+
+Two paths give the same floats: `score_components_reference` chains the per-component functions of
+`components.py` (the definition), and `score_batch`/`score_sample`/`score_components` run the
+task-specialised `fast.py`, which prepares each group's ground truth once (the tests hold them equal).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 
 from stgrl.reward_service import components as C
+from stgrl.reward_service import fast
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.parser import parse_completion
 from stgrl.reward_service.types import TASKS, Score, ScoringSample
@@ -48,6 +53,13 @@ def components_for(task: str, has_options: bool, spatial_mode: str = "gated") ->
 
 def score_components(sample: ScoringSample, step: int, total_steps: int, cfg: RewardConfig) -> dict[str, float]:
     """Every applicable component of one sample (raises ValueError only for an unknown task)."""
+    return fast.components(sample, fast.Truth(sample), fast.Run(step, total_steps, cfg))
+
+
+def score_components_reference(sample: ScoringSample, step: int, total_steps: int,
+                               cfg: RewardConfig) -> dict[str, float]:
+    """`score_components` along the definition: one call per component of `components.py`, each
+    reading the raw ground truth (the reference twin of `fast.py`)."""
     names = components_for(sample.task, bool(sample.options), cfg.spatial_mode)
     parsed = parse_completion(sample.completion)
     out: dict[str, float] = {}
@@ -85,16 +97,27 @@ def score_sample(sample: ScoringSample, step: int, total_steps: int, cfg: Reward
     Never raises: an invalid sample (unknown task, or a defect here) yields `total=0` and `error` set,
     so one bad sample cannot take down a batch or a shard.
     """
-    try:
-        comps = score_components(sample, step, total_steps, cfg)
-    except ValueError as e:
-        return Score(id=sample.id, total=0.0, components={}, error=str(e))
-    except Exception as e:  # a defect in a component must not kill the shard; it is logged loudly
-        log.exception("reward of sample %s failed", sample.id)
-        return Score(id=sample.id, total=0.0, components={}, error=f"{type(e).__name__}: {e}")
-    return Score(id=sample.id, total=weighted_total(comps, cfg), components=comps)
+    return score_batch([sample], step, total_steps, cfg)[0]
 
 
 def score_batch(samples: list[ScoringSample], step: int, total_steps: int, cfg: RewardConfig) -> list[Score]:
-    """`score_sample` over a batch, in order; each sample routed by its own task."""
-    return [score_sample(s, step, total_steps, cfg) for s in samples]
+    """`score_sample` over a batch, in order; each sample routed by its own task. Consecutive samples
+    with the same ground truth (a group) share its preparation (`fast.Truth`)."""
+    run = fast.Run(step, total_steps, cfg)
+    out: list[Score] = []
+    truth: fast.Truth | None = None
+    for sample in samples:
+        try:
+            if truth is None or not truth.same(sample):
+                truth = None
+                truth = fast.Truth(sample)
+            comps = fast.BY_TASK[truth.task](fast.ParsedCompletion(sample.completion), truth, run)
+        except ValueError as e:
+            out.append(Score(id=sample.id, total=0.0, components={}, error=str(e)))
+            continue
+        except Exception as e:  # a defect in a component must not kill the shard; it is logged loudly
+            log.exception("reward of sample %s failed", sample.id)
+            out.append(Score(id=sample.id, total=0.0, components={}, error=f"{type(e).__name__}: {e}"))
+            continue
+        out.append(Score(id=sample.id, total=fast.total(comps, run), components=comps))
+    return out

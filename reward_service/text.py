@@ -17,8 +17,6 @@ import functools
 import re
 from collections import Counter
 
-from rouge_score import tokenize
-
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 MAX_ROUGE_CHARS = 4096
 """Predicted answers are cut to this many characters before ROUGE (an answer this far beyond a
@@ -30,20 +28,38 @@ _WORDS = re.compile(r"[a-z0-9]+")
 
 class _Tokenizer:
     """`rouge_score`'s DefaultTokenizer(use_stemmer=True) with per-word and per-text memoisation:
-    lower-case, non-alphanumerics to spaces, split, Porter-stem tokens longer than 3 characters."""
+    lower-case, split into maximal `[a-z0-9]+` runs (what the library's substitute-non-alphanumerics-
+    then-split yields), Porter-stem tokens longer than 3 characters. The memos are plain dicts
+    (cleared when full): an `lru_cache` wrapper cost more per call than the lookups it saved."""
+
+    MAX_WORDS = 65536
+    MAX_TEXTS = 4096
 
     def __init__(self) -> None:
         from nltk.stem import porter
 
-        self._stem = functools.lru_cache(maxsize=65536)(porter.PorterStemmer().stem)
-        self.tokenize = functools.lru_cache(maxsize=4096)(self._tokenize)
+        self._porter = porter.PorterStemmer().stem
+        self._stems: dict[str, str] = {}
+        self._texts: dict[str, tuple[str, ...]] = {}
 
-    def _tokenize(self, text: str) -> tuple[str, ...]:
-        text = tokenize.NON_ALPHANUM_RE.sub(" ", text.lower())
-        stem = self._stem
-        # after the substitution every piece is [a-z0-9]* (stems of such words too), so the library's
-        # final VALID_TOKEN_RE filter only drops empty pieces
-        return tuple(stem(x) if len(x) > 3 else x for x in text.split() if x)
+    def _stem(self, word: str) -> str:
+        stems = self._stems
+        if len(stems) >= self.MAX_WORDS:
+            stems.clear()
+        stem = stems[word] = self._porter(word) if len(word) > 3 else word
+        return stem
+
+    def tokenize(self, text: str) -> tuple[str, ...]:
+        toks = self._texts.get(text)
+        if toks is None:
+            get, stem = self._stems.get, self._stem
+            # every run is [a-z0-9]+ (stems of such words too), so the library's final
+            # VALID_TOKEN_RE filter drops nothing
+            toks = tuple([get(w) or stem(w) for w in _WORDS.findall(text.lower())])
+            if len(self._texts) >= self.MAX_TEXTS:
+                self._texts.clear()
+            self._texts[text] = toks
+        return toks
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,25 +93,68 @@ def lcs_length(ref_masks: dict[str, int], n_ref: int, pred: tuple[str, ...]) -> 
     return n_ref - v.bit_count()
 
 
+class RougeReference:
+    """What ROUGE needs of a reference text, computed once per text (a group's completions share their
+    ground truth): tokens, unigram and bigram counts (plain dicts), LCS bit masks."""
+
+    __slots__ = ("tokens", "unigrams", "bigrams", "masks")
+
+    def __init__(self, text: str) -> None:
+        toks = _tokenizer().tokenize(text)
+        self.tokens = toks
+        self.unigrams = dict(Counter(toks))
+        self.bigrams = dict(Counter(zip(toks, toks[1:])))
+        self.masks = _lcs_masks(toks)
+
+
 @functools.lru_cache(maxsize=1024)
-def _reference_profile(text: str) -> tuple[tuple[str, ...], Counter, Counter, dict[str, int]]:
-    toks = _tokenizer().tokenize(text)
-    return toks, Counter(toks), Counter(zip(toks, toks[1:])), _lcs_masks(toks)
+def rouge_reference(text: str) -> RougeReference:
+    """The memoised `RougeReference` of a (stripped) reference text."""
+    return RougeReference(text)
+
+
+def rouge_mean_f1_ref(ref: RougeReference, prediction: str) -> float:
+    """`rouge_mean_f1` against a prepared reference. One pass over the prediction's tokens computes
+    the clipped unigram and bigram overlaps (by spending copies of the reference's counts; a bigram is
+    looked up only when both its tokens occur in the reference) and advances the bit-parallel LCS."""
+    pred = _tokenizer().tokenize(prediction[:MAX_ROUGE_CHARS])
+    toks = ref.tokens
+    n_ref, n_pred = len(toks), len(pred)
+    if not n_ref and not n_pred:
+        return 0.0
+    left1 = ref.unigrams.copy()
+    left2 = ref.bigrams.copy()
+    masks = ref.masks
+    full = (1 << n_ref) - 1
+    v = full
+    o1 = o2 = 0
+    prev = None  # the previous token when it occurs in the reference
+    for tok in pred:
+        m = masks.get(tok)
+        if m:
+            c = left1[tok]
+            if c:
+                left1[tok] = c - 1
+                o1 += 1
+            if prev is not None:
+                c = left2.get((prev, tok))
+                if c:
+                    left2[(prev, tok)] = c - 1
+                    o2 += 1
+            prev = tok
+            u = v & m
+            v = ((v + u) | (v - u)) & full
+        else:
+            prev = None
+    r1 = _f1(o1, n_pred, n_ref)
+    r2 = _f1(o2, max(n_pred - 1, 0), max(n_ref - 1, 0))
+    rl = _f1(n_ref - v.bit_count(), n_pred, n_ref) if n_ref and n_pred else 0.0
+    return (r1 + r2 + rl) / 3.0
 
 
 def rouge_mean_f1(reference: str, prediction: str) -> float:
     """Mean of ROUGE-1/2/L F-measures of `prediction` against `reference`, in [0, 1]."""
-    ref, ref1, ref2, masks = _reference_profile(reference)
-    pred = _tokenizer().tokenize(prediction[:MAX_ROUGE_CHARS])
-    if not ref and not pred:
-        return 0.0
-    pred1 = Counter(pred)
-    pred2 = Counter(zip(pred, pred[1:]))
-    get1, get2 = pred1.get, pred2.get
-    r1 = _f1(sum(min(c, get1(g, 0)) for g, c in ref1.items()), len(pred), len(ref))
-    r2 = _f1(sum(min(c, get2(g, 0)) for g, c in ref2.items()), max(len(pred) - 1, 0), max(len(ref) - 1, 0))
-    rl = _f1(lcs_length(masks, len(ref), pred), len(pred), len(ref)) if ref and pred else 0.0
-    return (r1 + r2 + rl) / 3.0
+    return rouge_mean_f1_ref(rouge_reference(reference), prediction)
 
 
 def rouge_library_mean_f1(reference: str, prediction: str) -> float:
@@ -121,5 +180,5 @@ def normalize_object_name(name: str) -> str:
 def reset_caches() -> None:
     """Forget memoised tokens, stems and names (benchmarks measure cold passes with it)."""
     _tokenizer.cache_clear()
-    _reference_profile.cache_clear()
+    rouge_reference.cache_clear()
     normalize_object_name.cache_clear()
