@@ -7,6 +7,11 @@ ranks. :class:`LearnerGroup` shards each batch (equal group counts per rank, see
 
 Concurrency: a LearnerGroup is driven from one thread; every collective method is sent to all ranks
 before any result is awaited, so ranks never wait on a rank that was not asked.
+
+Failure: a call that fails on any rank (a rank died, raised, or ran past the timeout) raises
+:class:`LearnerGroupError` saying what happened to each rank. The group is then unusable — the other
+ranks may sit in a collective with the dead one, with half-applied optimizer state — so the caller
+shuts it down (every rank is killed) and restarts from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from stgrl.learner.worker import LearnerWorker
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
+# After one rank's call failed, how long to wait for the others' outcomes before calling them "still
+# running": a dead rank's error arrives within milliseconds; a rank blocked in a collective never does.
+OUTCOME_GRACE_S = 5.0
+
+
+class LearnerGroupError(RuntimeError):
+    """A call on the learner ranks failed; the message names the method and each rank's outcome
+    (finished, raised, died with its pid, still running). The group must be shut down."""
 
 
 @ray.remote
@@ -49,6 +62,10 @@ class LearnerRank(LearnerWorker):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         super().__init__(rank, world_size, master_addr, master_port, model_path, cfg, seed)
+
+    def pid(self) -> int:
+        """This rank's process id: what an operator (or a fault test) signals to stop this rank alone."""
+        return os.getpid()
 
 
 @ray.remote(num_cpus=0)
@@ -70,6 +87,7 @@ class LearnerGroup:
     def __init__(self, handles: list[Any], pg: PlacementGroup | None, num_minibatches: int,
                  timeout_s: float = DEFAULT_TIMEOUT_S):
         self.handles = handles
+        self.pids: list[int] = []  # per rank, once started: for error messages and operators
         self.num_minibatches = num_minibatches
         self.placement_group = pg
         self.timeout_s = timeout_s
@@ -81,7 +99,44 @@ class LearnerGroup:
     def _all(self, method: str, *args, per_rank: Sequence[Any] | None = None) -> list[Any]:
         refs = [getattr(h, method).remote(*(((per_rank[r],) if per_rank is not None else ()) + args))
                 for r, h in enumerate(self.handles)]
-        return ray.get(refs, timeout=self.timeout_s)
+        return self._get(method, refs)
+
+    def _get(self, method: str, refs: list[Any]) -> list[Any]:
+        """Every rank's result, or :class:`LearnerGroupError` naming what happened to each rank.
+
+        ``ray.get`` of the list raises on the first failed ref (a dead rank's within milliseconds),
+        while the other ranks may still be blocked in a collective with it."""
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.RayError as first:
+            raise LearnerGroupError(self._describe_failure(method, refs, first)) from first
+
+    def _describe_failure(self, method: str, refs: list[Any], first: BaseException) -> str:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=OUTCOME_GRACE_S)
+        done = set(ready)
+        outcomes, dead = [], []
+        for r, ref in enumerate(refs):
+            pid = f" (pid {self.pids[r]})" if r < len(self.pids) else ""
+            if ref not in done:
+                outcomes.append(f"rank {r}{pid} still running (blocked in a collective with a failed rank?)")
+                continue
+            try:
+                ray.get(ref, timeout=OUTCOME_GRACE_S)
+                outcomes.append(f"rank {r}{pid} finished")
+            except ray.exceptions.RayActorError as e:
+                dead.append(r)
+                outcomes.append(f"rank {r}{pid} died: {_first_line(e)}")
+            except ray.exceptions.RayError as e:
+                outcomes.append(f"rank {r}{pid} raised: {_last_line(e)}")
+        if isinstance(first, ray.exceptions.GetTimeoutError):
+            head = f"learner {method} did not finish on every rank within {self.timeout_s:.0f}s"
+        elif dead:
+            head = (f"learner rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of "
+                    f"{len(refs)} died during {method}")
+        else:
+            head = f"learner {method} failed"
+        return (f"{head}: {'; '.join(o.rstrip('.') for o in outcomes)}. "
+                "The learner group is unusable; restart it from the last checkpoint")
 
     def train_rl_batch(self, batch: RLBatch | Sequence[ScoredGroup], temperature: float = 1.0) -> dict[str, float]:
         """Split the groups evenly over ranks (a remainder is dropped and logged) and take one GSPO
@@ -125,7 +180,8 @@ class LearnerGroup:
         return self._all("global_steps")[0]
 
     def shutdown(self) -> None:
-        """Kill the ranks and free their placement group."""
+        """Kill the ranks and free their placement group. ``ray.kill`` ends a rank's process even when
+        it is blocked inside a collective (a peer died), so no rank is left behind."""
         for h in self.handles:
             ray.kill(h)
         if self.placement_group is not None:
@@ -171,8 +227,18 @@ def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConf
     group = LearnerGroup(handles, pg, cfg.num_minibatches, timeout_s)
     try:
         info = ray.get([h.ready.remote() for h in handles], timeout=timeout_s)
+        group.pids = ray.get([h.pid.remote() for h in handles], timeout=timeout_s)
     except Exception:
         group.shutdown()
         raise
     logger.info("learner group up: %d ranks at %s:%d (%s)", num_ranks, addr, port, info[0]["device"])
     return group
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def _last_line(err: BaseException) -> str:
+    """A rank's exception: the last line of the remote traceback (``Type: message``)."""
+    return next((line.strip() for line in reversed(str(err).splitlines()) if line.strip()), type(err).__name__)

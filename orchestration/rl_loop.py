@@ -13,6 +13,10 @@ scales on its own. Schedule:
 Nothing is lost: each step's prompts are assigned to workers; a worker that dies has the prompts it
 had not delivered re-queued to a live worker (Ray restarts the dead one); trajectories are
 de-duplicated by group id; the ledger proves each step trained every prompt exactly once.
+
+A learner rank that dies mid-step is not recovered in place: the other ranks are left in a collective
+with half-applied optimizer state, so the stage fails (`PipelineError` naming the step and the rank;
+`close()` kills every pool, the stuck ranks included) and `--resume` restarts from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class RLDriver:
         self._assigned: dict[int, list[Any]] = {}
         self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
         self._worker_busy_s: float = 0.0
+        self._step = 0  # the step in progress, for errors
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
@@ -347,14 +352,26 @@ class RLDriver:
 
     # ---------------------------------------------------------------- the loop
     def run(self, sink: Any, progress: Any = None) -> dict[str, float]:
-        """Train from `start_step` to `total_steps`; returns the last step's metrics."""
+        """Train from `start_step` to `total_steps`; returns the last step's metrics. A failed learner
+        call (a rank died) becomes a `PipelineError` naming the step, the rank and where to resume."""
+        from stgrl.learner.actor import LearnerGroupError
 
+        self._step = self.start_step
+        try:
+            return self._run_steps(sink, progress)
+        except LearnerGroupError as e:
+            where = (f"`stgrl rl --resume` continues from the last checkpoint in {self.ckpt_dir}"
+                     if (self.ckpt_dir / "latest").exists() else "no checkpoint yet: the run starts over")
+            raise PipelineError(f"step {self._step}: {e}. The RL stage stops; {where}") from e
+
+    def _run_steps(self, sink: Any, progress: Any) -> dict[str, float]:
         cfg = self.cfg
         total = cfg.run.total_steps
         lookahead = cfg.run.max_staleness if cfg.run.mode == "async" else 0
         next_dispatch = self.start_step
         last: dict[str, float] = {}
         for step in range(self.start_step, total):
+            self._step = step
             t_step = time.perf_counter()
             while next_dispatch <= min(step + lookahead, total - 1):
                 self._dispatch(next_dispatch)
