@@ -33,14 +33,20 @@ from stgrl.reward_service.components import (
 )
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.geometry import box_iou, clamp_box, interval_iou, match_score
-from stgrl.reward_service.parser import ParsedCompletion, parse_option_letter, predicted_span
+from stgrl.reward_service.parser import (
+    ParsedCompletion,
+    RawClaim,
+    claim_boxes,
+    parse_option_letter,
+    predicted_span,
+)
 from stgrl.reward_service.text import (
     RougeReference,
     normalize_object_name,
     rouge_mean_f1_ref,
     rouge_reference,
 )
-from stgrl.reward_service.types import TASKS, Box, ScoringSample
+from stgrl.reward_service.types import COMPONENTS, TASKS, Box, ScoringSample
 
 FrameTruth = dict[str, list[Box]] | list[list[Box]]
 """One key frame's ground truth: `{normalised name: clamped boxes}` (`object_match="name"`) or the
@@ -50,13 +56,12 @@ clamped box lists of its objects (`"any"`)."""
 class Run:
     """What one `score_batch` call fixes for all its samples: options, weights, the curriculum sigma."""
 
-    __slots__ = ("cfg", "weights", "den", "gate", "object_match", "scope", "plain")
+    __slots__ = ("cfg", "w", "den", "gate", "object_match", "scope", "plain")
 
     def __init__(self, step: int, total_steps: int, cfg: RewardConfig) -> None:
         self.cfg = cfg
-        w = cfg.weights
-        self.weights = (w.format, w.answer_accuracy, w.answer_tiou, w.answer_viou, w.think_temporal_segment,
-                        w.temporal_proximity, w.spatial_gated)
+        self.w = tuple(getattr(cfg.weights, name) for name in COMPONENTS)
+        """The weights in `COMPONENTS` order."""
         sigma = curriculum_sigma(step, total_steps, cfg.sigma0, cfg.sigma_min)
         self.den = 2.0 * sigma * sigma
         """`2 sigma^2`, the denominator `components.proximity` computes per call."""
@@ -179,10 +184,6 @@ def _accuracy(parsed: ParsedCompletion, truth: Truth) -> float:
     return v
 
 
-def _format(parsed: ParsedCompletion) -> float:
-    return 1.0 if parsed.well_formed else 0.0
-
-
 def _nearest(t: float, times: list[float]) -> tuple[int, float]:
     """(position, distance) of the first nearest key-frame time (`components._nearest`)."""
     best = 0
@@ -194,21 +195,22 @@ def _nearest(t: float, times: list[float]) -> tuple[int, float]:
     return best, d
 
 
-def _claim_spatial(name: str, boxes: list[Box | None], k: int, truth: Truth, run: Run) -> float:
-    """`components.claim_score` after the gate: matching in key frame `k` (a position in `times`)."""
+def _claim_spatial(claim: RawClaim, k: int, truth: Truth, run: Run) -> float:
+    """`components.claim_score` after the gate: matching in key frame `k` (a position in `times`).
+    The claim's boxes are read only here, once its object is known to be in the frame."""
     frame = truth.frame(truth.sample.key_frames[k].idx, run.object_match)
     if not frame:
         return 0.0
     w, h = truth.wh
     if run.object_match == "name":
-        gt = frame.get(normalize_object_name(name))  # type: ignore[union-attr]
+        gt = frame.get(normalize_object_name(claim[0]))  # type: ignore[union-attr]
         if gt is None:
             return 0.0
         candidates = (gt,)
     else:
         candidates = frame  # type: ignore[assignment]
     pred: list[Box | None] = []
-    for b in boxes:
+    for b in claim_boxes(claim):
         if b is None:
             pred.append(None)
             continue
@@ -218,25 +220,46 @@ def _claim_spatial(name: str, boxes: list[Box | None], k: int, truth: Truth, run
                      0.0 if x2 < 0.0 else (1.0 if x2 > 1.0 else x2), 0.0 if y2 < 0.0 else (1.0 if y2 > 1.0 else y2)])
     best = None
     for gt in candidates:
-        if len(pred) == 1 and len(gt) == 1:  # match_score's one-pair case: the IoU itself
-            p = pred[0]
-            v = 0.0 if p is None else box_iou(p, gt[0])
-        else:
-            v = match_score(pred, gt)
+        v = _match(pred, gt)
         if best is None or v > best:  # max() over the candidates, first maximum kept
             best = v
     return 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)  # type: ignore[operator]
 
 
+def _match(pred: list[Box | None], gt: list[Box]) -> float:
+    """`geometry.match_score` with its two most common shapes unrolled (same sums in the same order)."""
+    n_pred, n_gt = len(pred), len(gt)
+    if n_pred == 1 and n_gt == 1:  # the one pair's IoU (divided by 1)
+        p = pred[0]
+        return 0.0 if p is None else box_iou(p, gt[0])
+    if n_pred == 2 and n_gt == 2:  # the better of the two permutations, as _best_assignment_sum sums them
+        p0, p1 = pred
+        g0, g1 = gt
+        m00 = 0.0 if p0 is None else box_iou(p0, g0)
+        m01 = 0.0 if p0 is None else box_iou(p0, g1)
+        m10 = 0.0 if p1 is None else box_iou(p1, g0)
+        m11 = 0.0 if p1 is None else box_iou(p1, g1)
+        best = 0.0
+        s = 0.0 + m00 + m11
+        if s > best:
+            best = s
+        s = 0.0 + m01 + m10
+        if s > best:
+            best = s
+        return best / 2
+    return match_score(pred, gt)
+
+
 def _proximity_and_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> tuple[float, float]:
     """`temporal_proximity` (0 in plain mode, where it is not a component) and `spatial_reward`,
     sharing each claim's nearest key frame."""
-    claims = parsed.claim_tuples
+    claims = parsed.raw_claims
     has_frames = bool(truth.sample.key_frames)
     den, gate, plain = run.den, run.gate, run.plain
     prox: list[float] = []
     spat: list[float] = []
-    for name, boxes, t in claims:
+    for claim in claims:
+        t = claim[2]
         if t is None or not has_frames:
             prox.append(0.0)
             spat.append(0.0)
@@ -244,7 +267,7 @@ def _proximity_and_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> 
         k, d = _nearest(t, truth.times)
         if not plain:
             prox.append(math.exp(-(d * d) / den))
-        spat.append(0.0 if gate is not None and d > gate else _claim_spatial(name, boxes, k, truth, run))
+        spat.append(0.0 if gate is not None and d > gate else _claim_spatial(claim, k, truth, run))
     if claims:
         s = sum(spat) / len(claims)
         spatial = 0.0 if not s > 0.0 else (1.0 if s > 1.0 else s)
@@ -277,24 +300,32 @@ def _mean_proximity(ts: list[float | None], truth: Truth, den: float) -> float:
 
 
 # --------------------------------------------------------------------------------------- tasks
-def score_spatio_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str, float]:
-    claims = parsed.claim_tuples
+# Each task's scorer returns its components (in the order `rewards.components_for` lists them) and
+# their weighted total, summed in that order from 0 as `sum()` does (so the same float).
+Scored = tuple[dict[str, float], float]
+
+
+def score_spatio_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
+    claims = parsed.raw_claims
     if not parsed.well_formed:
         fmt = 0.0
     else:
         fmt = 0.5
-        for _, boxes, t in claims:
-            if t is not None and None not in boxes:
+        for claim in claims:
+            if claim[2] is not None and None not in claim_boxes(claim):
                 fmt = 1.0
                 break
     acc = _accuracy(parsed, truth)
     prox, spatial = _proximity_and_spatial(parsed, truth, run)
+    w = run.w
     if run.plain:
-        return {"format": fmt, "answer_accuracy": acc, "spatial_gated": spatial}
-    return {"format": fmt, "answer_accuracy": acc, "temporal_proximity": prox, "spatial_gated": spatial}
+        return ({"format": fmt, "answer_accuracy": acc, "spatial_gated": spatial},
+                0 + w[0] * fmt + w[1] * acc + w[6] * spatial)
+    return ({"format": fmt, "answer_accuracy": acc, "temporal_proximity": prox, "spatial_gated": spatial},
+            0 + w[0] * fmt + w[1] * acc + w[5] * prox + w[6] * spatial)
 
 
-def score_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str, float]:
+def score_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
     span = truth.span
     pred = predicted_span(parsed)
     if pred is None or span is None:
@@ -307,14 +338,22 @@ def score_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str
         segment = 0.0
     else:
         s, e = span
-        segment = sum(1 for t in times if t is not None and s <= t <= e) / len(times)
+        inside = 0
+        for t in times:
+            if t is not None and s <= t <= e:
+                inside += 1
+        segment = inside / len(times)
+    fmt = 1.0 if parsed.well_formed else 0.0
+    w = run.w
     if truth.options:
-        return {"format": _format(parsed), "answer_accuracy": _accuracy(parsed, truth), "answer_tiou": tiou,
-                "think_temporal_segment": segment}
-    return {"format": _format(parsed), "answer_tiou": tiou, "think_temporal_segment": segment}
+        acc = _accuracy(parsed, truth)
+        return ({"format": fmt, "answer_accuracy": acc, "answer_tiou": tiou, "think_temporal_segment": segment},
+                0 + w[0] * fmt + w[1] * acc + w[2] * tiou + w[4] * segment)
+    return ({"format": fmt, "answer_tiou": tiou, "think_temporal_segment": segment},
+            0 + w[0] * fmt + w[2] * tiou + w[4] * segment)
 
 
-def score_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str, float]:
+def score_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
     truth.all_boxes()
     w, h = truth.wh
     best = 0.0
@@ -324,26 +363,20 @@ def score_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str,
         nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
         for g in truth.image_boxes():
             best = max(best, box_iou(nb, g))
-    return {"format": _format(parsed), "answer_viou": 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)}
+    viou = 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)
+    fmt = 1.0 if parsed.well_formed else 0.0
+    return {"format": fmt, "answer_viou": viou}, 0 + run.w[0] * fmt + run.w[3] * viou
 
 
-def score_general(parsed: ParsedCompletion, truth: Truth, run: Run) -> dict[str, float]:
-    return {"format": _format(parsed), "answer_accuracy": _accuracy(parsed, truth)}
+def score_general(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
+    fmt = 1.0 if parsed.well_formed else 0.0
+    acc = _accuracy(parsed, truth)
+    return {"format": fmt, "answer_accuracy": acc}, 0 + run.w[0] * fmt + run.w[1] * acc
 
 
 BY_TASK = {"spatio_temporal": score_spatio_temporal, "temporal": score_temporal, "spatial": score_spatial,
            "general": score_general}
 
-_WEIGHT_INDEX = {"format": 0, "answer_accuracy": 1, "answer_tiou": 2, "answer_viou": 3,
-                 "think_temporal_segment": 4, "temporal_proximity": 5, "spatial_gated": 6}
-
-
 def components(sample: ScoringSample, truth: Truth, run: Run) -> dict[str, float]:
     """Every applicable component of `sample`, whose ground truth is `truth`."""
-    return BY_TASK[truth.task](ParsedCompletion(sample.completion), truth, run)
-
-
-def total(comps: dict[str, float], run: Run) -> float:
-    """`sum_c w_c * r_c` in the components' order (`rewards.weighted_total`, same sum)."""
-    w, idx = run.weights, _WEIGHT_INDEX
-    return sum([w[idx[name]] * v for name, v in comps.items()])
+    return BY_TASK[truth.task](ParsedCompletion(sample.completion), truth, run)[0]

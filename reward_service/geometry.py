@@ -27,8 +27,10 @@ def box_iou(a: Box, b: Box) -> float:
     bx1, by1, bx2, by2 = b
     if ax2 <= ax1 or ay2 <= ay1 or bx2 <= bx1 or by2 <= by1:
         return 0.0
-    iw = min(ax2, bx2) - max(ax1, bx1)
-    ih = min(ay2, by2) - max(ay1, by1)
+    # min(ax2, bx2) - max(ax1, bx1), written as comparisons (the same result, ties and signed zeros
+    # included: min/max keep their first argument unless the second is strictly smaller/larger)
+    iw = (bx2 if bx2 < ax2 else ax2) - (bx1 if bx1 > ax1 else ax1)
+    ih = (by2 if by2 < ay2 else ay2) - (by1 if by1 > ay1 else ay1)
     if iw <= 0.0 or ih <= 0.0:
         return 0.0
     inter = iw * ih
@@ -42,10 +44,10 @@ def interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     s2, e2 = b
     if e1 <= s1 or e2 <= s2:
         return 0.0
-    inter = min(e1, e2) - max(s1, s2)
+    inter = (e2 if e2 < e1 else e1) - (s2 if s2 > s1 else s1)  # min/max as comparisons, as in box_iou
     if inter <= 0.0:
         return 0.0
-    return inter / (max(e1, e2) - min(s1, s2))
+    return inter / ((e2 if e2 > e1 else e1) - (s2 if s2 < s1 else s1))
 
 
 def _iou_matrix(pred: list[Box | None], gt: list[Box]) -> list[list[float]]:

@@ -60,15 +60,39 @@ class Claim:
         return self.time is not None and all(b is not None for b in self.boxes)
 
 
+RawClaim = list
+"""`[name, box pieces (`\\s*<box>CONTENT` strings), time, boxes (None until `claim_boxes` reads them)]`."""
+
+
 def parse_number(text: str) -> float | None:
     """A finite decimal number (optionally signed, with exponent) or None. Never raises.
 
-    Fast path for the common `123` / `1.5` (ASCII digits and at most one dot, no sign, exponent or
-    space): such a string always matches the strict pattern and `float` reads it the same way, so only
-    the other spellings pay for the regex."""
+    Memoised per string (times such as `5.2` recur across completions). A miss takes the fast path for
+    the common `123` / `1.5` (ASCII digits and at most one dot, no sign, exponent or space): such a
+    string always matches the strict pattern and `float` reads it the same way, so only the other
+    spellings pay for the regex."""
+    v = _NUMBERS.get(text, _MISSING)
+    if v is not _MISSING:
+        return v  # type: ignore[return-value]
     if len(text) <= MAX_NUMBER_CHARS and text.replace(".", "", 1).isdigit() and text.isascii():
-        return float(text)
-    return _parse_number_strict(text)
+        v = float(text)
+    else:
+        v = _parse_number_strict(text)
+    if len(text) <= MAX_NUMBER_CHARS:
+        if len(_NUMBERS) >= MAX_MEMO_NUMBERS:
+            _NUMBERS.clear()
+        _NUMBERS[text] = v
+    return v  # type: ignore[return-value]
+
+
+_MISSING = object()
+_NUMBERS: dict[str, float | None] = {}
+MAX_MEMO_NUMBERS = 16384
+
+
+def reset_caches() -> None:
+    """Forget memoised numbers (benchmarks measure cold passes with it)."""
+    _NUMBERS.clear()
 
 
 def _parse_number_strict(text: str) -> float | None:
@@ -106,14 +130,13 @@ def _parse_box_strict(text: str) -> list[float] | None:
     return box if math.isfinite(box[0] + box[1] + box[2] + box[3]) else None
 
 
-def _block(text: str, name: str) -> tuple[int, int] | None:
-    """(start, end) of the inside of the first `<name>` and the first `</name>` after it."""
-    opening = f"<{name}>"
+def _block(text: str, opening: str, closing: str) -> tuple[int, int] | None:
+    """(start, end) of the inside of the first `opening` tag and the first `closing` tag after it."""
     i = text.find(opening)
     if i < 0:
         return None
     i += len(opening)
-    j = text.find(f"</{name}>", i)
+    j = text.find(closing, i)
     return None if j < 0 else (i, j)
 
 
@@ -123,16 +146,16 @@ class ParsedCompletion:
     no claims never builds them. (Hand-rolled caching: `functools.cached_property` takes a lock per
     access on Python 3.11, which cost more than the parsing.)"""
 
-    __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_claim_tuples", "_think_times",
+    __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_raw_claims", "_think_times",
                  "_answer_times", "_answer_boxes", "_think_tags", "_answer_tags")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._think = _block(text, "think")
-        self._answer = _block(text, "answer")
+        self._think = _block(text, "<think>", "</think>")
+        self._answer = _block(text, "<answer>", "</answer>")
         self._well_formed: bool | None = None
         self._claims: list[Claim] | None = None
-        self._claim_tuples: list[tuple[str, list[list[float] | None], float | None]] | None = None
+        self._raw_claims: list[RawClaim] | None = None
         self._think_times: list[float | None] | None = None
         self._answer_times: list[float | None] | None = None
         self._answer_boxes: list[list[float] | None] | None = None
@@ -210,18 +233,19 @@ class ParsedCompletion:
     @property
     def claims(self) -> list[Claim]:
         if self._claims is None:
-            self._claims = [Claim(name=n, boxes=bx, time=t) for n, bx, t in self.claim_tuples]
+            self._claims = [Claim(name=c[0], boxes=claim_boxes(c), time=c[2]) for c in self.raw_claims]
         return self._claims
 
     @property
-    def claim_tuples(self) -> list[tuple[str, list[list[float] | None], float | None]]:
-        """The claims as plain `(name, boxes, time)` tuples (what the reward's hot path reads)."""
-        if self._claim_tuples is None:
-            self._claim_tuples = [] if self._think is None else self._parse_claims(*self._think)
-        return self._claim_tuples
+    def raw_claims(self) -> list[RawClaim]:
+        """The claims as `[name, box pieces, time, boxes]` lists whose boxes are read on first use
+        (`claim_boxes`): the reward's hot path reads them only for claims that pass the gate."""
+        if self._raw_claims is None:
+            self._raw_claims = [] if self._think is None else self._parse_claims(*self._think)
+        return self._raw_claims
 
-    def _parse_claims(self, a: int, b: int) -> list[tuple[str, list[list[float] | None], float | None]]:
-        out = []
+    def _parse_claims(self, a: int, b: int) -> list[RawClaim]:
+        out: list[RawClaim] = []
         tags = 0
         for name, boxes, t in _CLAIM.findall(self.text, a, b):
             # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
@@ -230,7 +254,7 @@ class ParsedCompletion:
             tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
             if len(name) <= MAX_NAME_CHARS:
                 pieces.pop()
-                out.append((name.strip(), [parse_box(x[x.find("<box>") + 5 :]) for x in pieces], parse_number(t)))
+                out.append([name.strip(), pieces, parse_number(t), None])
         if tags > self._think_tags:
             self._think_tags = tags
         return out
@@ -262,6 +286,14 @@ class ParsedCompletion:
                 self._answer_tags = 2 * len(found)
             self._answer_boxes = [parse_box(x) for x in found]
         return self._answer_boxes
+
+
+def claim_boxes(claim: RawClaim) -> list[list[float] | None]:
+    """The boxes of a raw claim, read once (then kept in it)."""
+    boxes = claim[3]
+    if boxes is None:
+        boxes = claim[3] = [parse_box(x[x.find("<box>") + 5 :]) for x in claim[1]]
+    return boxes
 
 
 def parse_completion(text: str) -> ParsedCompletion:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 
 from stgrl.reward_service import components as C
-from stgrl.reward_service import fast
+from stgrl.reward_service import fast, parser, text
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.parser import parse_completion
 from stgrl.reward_service.types import TASKS, Score, ScoringSample
@@ -111,7 +111,7 @@ def score_batch(samples: list[ScoringSample], step: int, total_steps: int, cfg: 
             if truth is None or not truth.same(sample):
                 truth = None
                 truth = fast.Truth(sample)
-            comps = fast.BY_TASK[truth.task](fast.ParsedCompletion(sample.completion), truth, run)
+            comps, total = fast.BY_TASK[truth.task](fast.ParsedCompletion(sample.completion), truth, run)
         except ValueError as e:
             out.append(Score(id=sample.id, total=0.0, components={}, error=str(e)))
             continue
@@ -119,5 +119,13 @@ def score_batch(samples: list[ScoringSample], step: int, total_steps: int, cfg: 
             log.exception("reward of sample %s failed", sample.id)
             out.append(Score(id=sample.id, total=0.0, components={}, error=f"{type(e).__name__}: {e}"))
             continue
-        out.append(Score(id=sample.id, total=fast.total(comps, run), components=comps))
+        out.append(Score(id=sample.id, total=total, components=comps))
     return out
+
+
+def reset_caches() -> None:
+    """Forget every memo of the reward path (numbers, tokens, stems, ROUGE references, object
+    names), so a benchmark pass starts cold. Ground truth prepared per group lives only for one
+    `score_batch` call and needs no reset."""
+    parser.reset_caches()
+    text.reset_caches()

@@ -52,10 +52,13 @@ class _Tokenizer:
     def tokenize(self, text: str) -> tuple[str, ...]:
         toks = self._texts.get(text)
         if toks is None:
-            get, stem = self._stems.get, self._stem
             # every run is [a-z0-9]+ (stems of such words too), so the library's final
             # VALID_TOKEN_RE filter drops nothing
-            toks = tuple([get(w) or stem(w) for w in _WORDS.findall(text.lower())])
+            words = _WORDS.findall(text.lower())
+            toks = tuple(map(self._stems.get, words))  # known words: one C-level pass
+            if None in toks:
+                get, stem = self._stems.get, self._stem
+                toks = tuple([get(w) or stem(w) for w in words])
             if len(self._texts) >= self.MAX_TEXTS:
                 self._texts.clear()
             self._texts[text] = toks
@@ -146,9 +149,21 @@ def rouge_mean_f1_ref(ref: RougeReference, prediction: str) -> float:
             v = ((v + u) | (v - u)) & full
         else:
             prev = None
-    r1 = _f1(o1, n_pred, n_ref)
-    r2 = _f1(o2, max(n_pred - 1, 0), max(n_ref - 1, 0))
-    rl = _f1(n_ref - v.bit_count(), n_pred, n_ref) if n_ref and n_pred else 0.0
+    # _f1 of each, inlined (same operations: max(n, 1) as a comparison, then p, r, 2pr/(p+r))
+    dp = n_pred if n_pred > 1 else 1
+    dr = n_ref if n_ref > 1 else 1
+    p, r = o1 / dp, o1 / dr
+    r1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    dp2 = n_pred - 1 if n_pred > 2 else 1  # max(max(n - 1, 0), 1)
+    dr2 = n_ref - 1 if n_ref > 2 else 1
+    p, r = o2 / dp2, o2 / dr2
+    r2 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    if n_ref and n_pred:
+        lcs = n_ref - v.bit_count()
+        p, r = lcs / dp, lcs / dr
+        rl = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    else:
+        rl = 0.0
     return (r1 + r2 + rl) / 3.0
 
 
