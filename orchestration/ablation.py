@@ -60,6 +60,8 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
     ("vstar/acc", "V-STAR Acc"),
     ("spatial/gated", "spatial IoU, gated (curriculum definition)"),
     ("spatial/plain", "spatial IoU, ungated (plain definition)"),
+    ("spatial/gated_any_name", "spatial IoU, gated, object name ignored"),
+    ("spatial/plain_any_name", "spatial IoU, ungated, object name ignored"),
     ("eval/temporal_proximity", "temporal proximity at final σ"),
     ("eval/reward_total", "reward total (curriculum reward, final σ)"),
     ("eval/format", "format"),
@@ -126,9 +128,20 @@ def curves(metrics: dict[str, dict[int, list[dict]]],
 
 
 # ------------------------------------------------------------------------------- held-out summary
+SPATIAL_VARIANTS: tuple[tuple[str, str, str | None], ...] = (
+    ("gated", "gated", None),
+    ("plain", "plain", None),
+    ("gated_any_name", "gated", "any"),
+    ("plain_any_name", "plain", "any"),
+)
+"""(summary key under `spatial/`, spatial_mode, object_match) of each held-out spatial rescoring: both
+arms' definitions as trained (object_match None = the config's, `name` by default), and each with
+the claimed object name ignored (`any`; V-STAR's vIoU ignores names too)."""
+
+
 def rescore_spatial(prediction: dict, reward: RewardConfig) -> dict[str, float] | None:
-    """Spatial reward of one held-out prediction under both definitions (`gated`, `plain`), computed
-    by the real reward code; None for samples that are not spatio-temporal."""
+    """Spatial reward of one held-out prediction under every SPATIAL_VARIANTS definition, computed by
+    the real reward code; None for samples that are not spatio-temporal."""
     from stgrl.reward_service.rewards import score_components
     from stgrl.reward_service.types import KeyFrame, ScoringSample
 
@@ -143,9 +156,9 @@ def rescore_spatial(prediction: dict, reward: RewardConfig) -> dict[str, float] 
         key_items=rec.get("key_items", {}), span=rec.get("span"),
     )
     out = {}
-    for mode in ("gated", "plain"):
-        comps = score_components(sample, 0, 1, msgspec.structs.replace(reward, spatial_mode=mode))
-        out[mode] = comps["spatial_gated"]
+    for key, mode, match in SPATIAL_VARIANTS:
+        variant = msgspec.structs.replace(reward, spatial_mode=mode, object_match=match or reward.object_match)
+        out[key] = score_components(sample, 0, 1, variant)["spatial_gated"]
     return out
 
 
@@ -169,8 +182,8 @@ def eval_summary(metrics: dict[str, float], vstar_report: dict | None, predictio
                 out[f"vstar/{k}"] = overall[k]
     scored = [s for s in (rescore_spatial(p, reward) for p in predictions) if s is not None]
     if scored:
-        out["spatial/gated"] = sum(s["gated"] for s in scored) / len(scored)
-        out["spatial/plain"] = sum(s["plain"] for s in scored) / len(scored)
+        for key, _, _ in SPATIAL_VARIANTS:
+            out[f"spatial/{key}"] = sum(s[key] for s in scored) / len(scored)
         out["spatial/n_samples"] = float(len(scored))
     return out
 

@@ -38,6 +38,9 @@ Writes into the run directory (default <run.out_dir>/<run.name>-ablation):
   stgrl ablate --config configs/demo.yaml --sft-checkpoint runs/demo/sft/hf
   stgrl ablate --config configs/demo.yaml --seeds 0 1 2 --steps 40
 
+--report-only rebuilds the outputs from an existing ablation directory (after a change to the
+table or the plot) without training or evaluating anything.
+
 Takes about (2 x seeds) RL stages + (1 + 2 x seeds) evaluations (+ one SFT without --sft-checkpoint);
 on the embedded default that is ~8 minutes for one seed with an existing SFT checkpoint.
 """
@@ -56,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="RL steps per run (default: run.total_steps); σ anneals over these steps")
     parser.add_argument("--eval-samples", type=int, default=64, help="held-out samples per evaluation")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and evaluate nothing: rebuild ablation.json/.md and the plot from the runs "
+                             "and evaluations already in --run-dir (seeds: --seeds or every <arm>-seed<S> found)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,49 +70,53 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"run.total_steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
-    seeds = list(args.seeds) if args.seeds else [cfg.run.seed]
-    if len(set(seeds)) != len(seeds):
+    seeds = list(args.seeds) if args.seeds else None
+    if seeds is not None and len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds has duplicates: {seeds}")
     if args.eval_samples < 1:
         raise ConfigError(f"--eval-samples must be >= 1, got {args.eval_samples}")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / f"{cfg.run.name}-ablation"
+    if args.report_only:
+        report_only(run_dir, seeds)
+        return 0
     if args.sft_checkpoint is not None:
         check_model_path(cfg, args.sft_checkpoint)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / f"{cfg.run.name}-ablation"
-    run_ablation(cfg, run_dir, args.sft_checkpoint, seeds, args.eval_samples,
+    run_ablation(cfg, run_dir, args.sft_checkpoint, seeds or [cfg.run.seed], args.eval_samples,
                  provenance={"config": args.config, "overrides": overrides})
     return 0
+
+
+def _summary(out: Path, reward: Any) -> dict[str, float]:
+    """The ablation summary of one finished evaluation directory (metrics, V-STAR report, predictions)."""
+    from stgrl.orchestration.ablation import eval_summary
+    from stgrl.orchestration.config import ConfigError
+
+    if not (out / "metrics.json").is_file() or not (out / "predictions.jsonl").is_file():
+        raise ConfigError(f"no finished evaluation in {out} (metrics.json + predictions.jsonl)")
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = json.loads((out / "vstar.json").read_text()) if (out / "vstar.json").is_file() else None
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    return eval_summary(metrics, report, preds, reward)
 
 
 def _evaluate(cfg: Any, model: Path, out: Path, evals: list, dataset_dir: Path, vstar: Path,
               eval_samples: int) -> dict[str, float]:
     """Held-out evaluation of one model with the common scoring; returns its ablation summary."""
-    from stgrl.orchestration.ablation import eval_config, eval_summary
+    from stgrl.orchestration.ablation import eval_config
     from stgrl.orchestration.eval_run import evaluate_model
 
     ecfg = eval_config(cfg)
-    metrics = evaluate_model(ecfg, model, evals, dataset_dir, out, max_samples=eval_samples,
-                             vstar_annotations=vstar)
-    report = json.loads((out / "vstar.json").read_text()) if (out / "vstar.json").is_file() else None
-    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    return eval_summary(metrics, report, preds, ecfg.reward)
+    evaluate_model(ecfg, model, evals, dataset_dir, out, max_samples=eval_samples, vstar_annotations=vstar)
+    return _summary(out, ecfg.reward)
 
 
 def run_ablation(cfg: Any, run_dir: Path, sft_checkpoint: str | None, seeds: list[int], eval_samples: int,
                  provenance: dict[str, Any] | None = None) -> Path:
     """SFT once (or reuse), RL per arm and seed, evaluate everything, write the outputs; returns
     `<run_dir>/ablation.md`. Each phase is announced with its number; stages show their own bars."""
-    import msgspec
     from rich.console import Console
 
-    from stgrl.orchestration.ablation import (
-        ARMS,
-        aggregate,
-        arm_config,
-        arm_run_dir,
-        build_table,
-        curves,
-        plot_spatial_reward,
-    )
+    from stgrl.orchestration.ablation import ARMS, arm_config, arm_run_dir
     from stgrl.orchestration.demo import ensure_data, ensure_model
     from stgrl.orchestration.metrics import read_metrics
     from stgrl.orchestration.stage_support import load_split, stage_log
@@ -121,7 +131,6 @@ def run_ablation(cfg: Any, run_dir: Path, sft_checkpoint: str | None, seeds: lis
     load_split(cfg.data.train, "train")  # fail on unusable data before any training
     evals, dataset_dir = load_split(cfg.data.eval, "eval")
     vstar = Path(cfg.data.eval).parent / "eval_vstar.json"
-    labels = {a.name: a.label for a in ARMS}
 
     phases: list[str] = [] if sft_checkpoint else ["SFT (shared start)"]
     phases.append("evaluate the SFT start")
@@ -161,37 +170,94 @@ def run_ablation(cfg: Any, run_dir: Path, sft_checkpoint: str | None, seeds: lis
                 phase(f"evaluate {arm.name}, seed {seed}")
                 per_seed[arm.name][seed] = _evaluate(cfg, final, run_dir / "eval" / rd.name, evals, dataset_dir,
                                                      vstar, eval_samples)
-
         phase("table and plot")
-        stats = {a: aggregate(list(by_seed.values())) for a, by_seed in per_seed.items()}
-        arm_curves = curves(rows)
-        table = build_table(stats, start_summary, labels)
-        plot = plot_spatial_reward(arm_curves, run_dir / "spatial_reward.png")
-        minutes = (time.perf_counter() - t0) / 60
-        result = {
-            **(provenance or {}),
-            "steps": cfg.run.total_steps, "seeds": seeds, "sft_checkpoint": str(start),
-            "eval_samples": eval_samples, "data": {"train": cfg.data.train, "eval": cfg.data.eval},
-            "minutes": minutes, "start": start_summary,
-            "arms": {a.name: {"label": a.label, "spatial_mode": a.spatial_mode,
-                              "runs": {str(s): {"run_dir": str(arm_run_dir(run_dir, a, s)), "eval": per_seed[a.name][s]}
-                                       for s in seeds},
-                              "stats": msgspec.to_builtins(stats[a.name])} for a in ARMS},
-            "curves": msgspec.to_builtins(arm_curves),
-        }
-        (run_dir / "ablation.json").write_text(json.dumps(result, indent=2))
-        md = run_dir / "ablation.md"
-        md.write_text(
-            f"# Curriculum ablation: {run_dir.name}\n\n"
-            f"Start: `{start}`. RL steps per run: {cfg.run.total_steps}; seeds {seeds}; "
-            f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step; "
-            f"data `{cfg.data.train}`. Held-out: up to {eval_samples} samples of `{cfg.data.eval}`, greedy, "
-            f"every model scored the same way (curriculum reward at the final σ, both spatial-IoU "
-            f"definitions, V-STAR). {minutes:.1f} minutes.\n\n"
-            f"{table}\n![spatial reward per step]({plot.name})\n"
-        )
+        md = write_outputs(run_dir, cfg, str(start), seeds, eval_samples, start_summary, per_seed, rows,
+                           (time.perf_counter() - t0) / 60, provenance or {}, console)
+    return md
+
+
+def report_only(run_dir: Path, seeds: list[int] | None) -> Path:
+    """Rebuild the outputs from the runs and evaluations already in `run_dir` (nothing is trained)."""
+    import re
+
+    from rich.console import Console
+
+    from stgrl.orchestration.ablation import ARMS, arm_run_dir, eval_config
+    from stgrl.orchestration.config import ConfigError, load_config
+    from stgrl.orchestration.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    if seeds is None:
+        found = [{int(m.group(1)) for p in run_dir.glob(f"{a.name}-seed*")
+                  if (m := re.fullmatch(rf"{a.name}-seed(\d+)", p.name))} for a in ARMS]
+        seeds = sorted(set.intersection(*found)) if found else []
+    if not seeds:
+        raise ConfigError(f"{run_dir} holds no <arm>-seed<S> run of every arm; run `stgrl ablate` first")
+    first = arm_run_dir(run_dir, ARMS[0], seeds[0])
+    cfg = load_config(first / "config_rl.yaml")  # the config the runs used, not today's file
+    reward = eval_config(cfg).reward
+    prev = json.loads((run_dir / "ablation.json").read_text()) if (run_dir / "ablation.json").is_file() else {}
+    rows: dict[str, dict[int, list[dict]]] = {a.name: {} for a in ARMS}
+    per_seed: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in ARMS}
+    for arm in ARMS:
+        for seed in seeds:
+            rd = arm_run_dir(run_dir, arm, seed)
+            if not (rd / "metrics.jsonl").is_file():
+                raise ConfigError(f"{rd} has no metrics.jsonl: that RL run did not happen or did not finish")
+            rows[arm.name][seed] = read_metrics(rd / "metrics.jsonl")
+            per_seed[arm.name][seed] = _summary(run_dir / "eval" / rd.name, reward)
+    start_summary = _summary(run_dir / "eval" / "start", reward)
+    provenance = {k: prev[k] for k in ("config", "overrides") if k in prev}
+    return write_outputs(run_dir, cfg, prev.get("sft_checkpoint", "?"), seeds,
+                         int(prev.get("eval_samples", start_summary.get("eval/samples", 0))), start_summary,
+                         per_seed, rows, float(prev.get("minutes", float("nan"))), provenance, Console(stderr=True))
+
+
+def write_outputs(run_dir: Path, cfg: Any, start: str, seeds: list[int], eval_samples: int,
+                  start_summary: dict[str, float], per_seed: dict[str, dict[int, dict[str, float]]],
+                  rows: dict[str, dict[int, list[dict]]], minutes: float, provenance: dict[str, Any],
+                  console: Any) -> Path:
+    """ablation.json (every number), spatial_reward.png and ablation.md (table + plot); prints the table."""
+    import msgspec
+
+    from stgrl.orchestration.ablation import (
+        ARMS,
+        aggregate,
+        arm_run_dir,
+        build_table,
+        curves,
+        plot_spatial_reward,
+    )
+
+    labels = {a.name: a.label for a in ARMS}
+    stats = {a: aggregate(list(by_seed.values())) for a, by_seed in per_seed.items()}
+    arm_curves = curves(rows)
+    table = build_table(stats, start_summary, labels)
+    plot = plot_spatial_reward(arm_curves, run_dir / "spatial_reward.png")
+    result = {
+        **provenance,
+        "steps": cfg.run.total_steps, "seeds": seeds, "sft_checkpoint": start,
+        "eval_samples": eval_samples, "data": {"train": cfg.data.train, "eval": cfg.data.eval},
+        "minutes": minutes, "start": start_summary,
+        "arms": {a.name: {"label": a.label, "spatial_mode": a.spatial_mode,
+                          "runs": {str(s): {"run_dir": str(arm_run_dir(run_dir, a, s)), "eval": per_seed[a.name][s]}
+                                   for s in seeds},
+                          "stats": msgspec.to_builtins(stats[a.name])} for a in ARMS},
+        "curves": msgspec.to_builtins(arm_curves),
+    }
+    (run_dir / "ablation.json").write_text(json.dumps(result, indent=2))
+    md = run_dir / "ablation.md"
+    md.write_text(
+        f"# Curriculum ablation: {run_dir.name}\n\n"
+        f"Start: `{start}`. RL steps per run: {cfg.run.total_steps}; seeds {seeds}; "
+        f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step; "
+        f"data `{cfg.data.train}`. Held-out: up to {eval_samples} samples of `{cfg.data.eval}`, greedy, "
+        f"every model scored the same way (curriculum reward at the final σ, both spatial-IoU "
+        f"definitions, V-STAR). {minutes:.1f} minutes.\n\n"
+        f"{table}\n![spatial reward per step]({plot.name})\n"
+    )
     _print_table(console, stats, start_summary, labels)
-    log.info("ablation finished in %.1f min: %s", minutes, md)
+    log.info("ablation outputs written: %s", md)
     return md
 
 

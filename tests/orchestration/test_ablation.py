@@ -115,10 +115,10 @@ def test_table_single_seed_has_no_std_and_missing_cells_dash():
 
 
 # ------------------------------------------------------------------------------------ held-out
-def _prediction(claim_time: float) -> dict:
+def _prediction(claim_time: float, name: str = "red car") -> dict:
     """A spatio-temporal held-out prediction: one key frame at 2.0 s with the red car at the left
-    quarter of a 100 x 100 frame; the completion draws exactly that box at `claim_time`."""
-    completion = (f"<think><obj>red car</obj><box>[0,0,25,100]</box>at<t>{claim_time}</t>s</think>"
+    quarter of a 100 x 100 frame; the completion draws exactly that box at `claim_time`, calling it `name`."""
+    completion = (f"<think><obj>{name}</obj><box>[0,0,25,100]</box>at<t>{claim_time}</t>s</think>"
                   "<answer>red car</answer>")
     record = {"id": "s1", "task": "spatio_temporal", "question": "q", "answer": "red car",
               "key_frames": [{"idx": 0, "time": 2.0}], "key_items": {"0": {"red car": [[0.0, 0.0, 0.25, 1.0]]}}}
@@ -128,10 +128,16 @@ def _prediction(claim_time: float) -> dict:
 
 def test_rescore_spatial_gated_vs_plain():
     reward = RewardConfig(gate_delta_s=1.0)
-    # inside the 1 s gate: both definitions see the perfect box
-    assert rescore_spatial(_prediction(2.5), reward) == {"gated": pytest.approx(1.0), "plain": pytest.approx(1.0)}
+    one = pytest.approx(1.0)
+    # inside the 1 s gate: every definition sees the perfect box
+    assert rescore_spatial(_prediction(2.5), reward) == {"gated": one, "plain": one, "gated_any_name": one,
+                                                          "plain_any_name": one}
     # 1.5 s away: the gate is closed (0); plain still scores the IoU at the nearest key frame
-    assert rescore_spatial(_prediction(3.5), reward) == {"gated": 0.0, "plain": pytest.approx(1.0)}
+    assert rescore_spatial(_prediction(3.5), reward) == {"gated": 0.0, "plain": one, "gated_any_name": 0.0,
+                                                          "plain_any_name": one}
+    # the right box called by the wrong name: 0 with name matching (the arms' reward), 1 ignoring names
+    assert rescore_spatial(_prediction(2.5, "blue square"), reward) == {
+        "gated": 0.0, "plain": 0.0, "gated_any_name": one, "plain_any_name": one}
     other = dict(_prediction(2.0), task="temporal")
     assert rescore_spatial(other, reward) is None
 
@@ -145,7 +151,7 @@ def test_eval_summary_reads_vstar_chains_and_rescores():
     assert s["vstar/m_viou"] == pytest.approx(0.3) and s["vstar/m_tiou"] == pytest.approx(0.2)
     assert s["vstar/chain2/viou"] == 0.4 and s["vstar/mam"] == 0.25 and s["vstar/acc"] == 0.5
     assert s["spatial/gated"] == pytest.approx(0.5) and s["spatial/plain"] == pytest.approx(1.0)
-    assert s["spatial/n_samples"] == 2.0
+    assert s["spatial/plain_any_name"] == pytest.approx(1.0) and s["spatial/n_samples"] == 2.0
     no_vstar = eval_summary({}, None, [], RewardConfig())
     assert "vstar/mam" not in no_vstar and "spatial/gated" not in no_vstar
 
@@ -178,3 +184,47 @@ def test_bad_input_fails_before_any_work(tmp_path, args, message):
     assert "config error" in r.stderr and message in r.stderr
     assert not (tmp_path / "abl").exists()  # nothing started: no run directory
     assert not (tmp_path / "data").exists()  # and no synthetic data generated
+
+
+def _fake_ablation(root: Path) -> None:
+    """An ablation directory as `stgrl ablate` leaves it, with hand-made metrics and evaluations."""
+    import json
+
+    from stgrl.orchestration.config import config_to_yaml
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["run.total_steps=2"])
+    evals = {"start": 0.5, "curriculum-seed0": 0.25, "plain-seed0": 0.75}
+    for name, mam in evals.items():
+        out = root / "eval" / name
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"eval/samples": 2.0, "vstar/mam": mam}))
+        (out / "vstar.json").write_text(json.dumps({"overall": {"mam": mam, "acc": 0.5, "chains": [
+            {"viou": mam, "tiou": 0.0, "am": mam}]}}))
+        (out / "predictions.jsonl").write_text(json.dumps(_prediction(2.5 if name == "plain-seed0" else 3.5)) + "\n")
+    for arm, values in (("curriculum", [0.0, 0.1]), ("plain", [0.2, 0.4])):
+        rd = root / f"{arm}-seed0"
+        rd.mkdir()
+        (rd / "config_rl.yaml").write_text(config_to_yaml(cfg))
+        (rd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(values)))
+
+
+def test_report_only_rebuilds_outputs_from_a_run_directory(tmp_path):
+    import json
+
+    _fake_ablation(tmp_path / "abl")
+    r = _stgrl("ablate", "--report-only", "--run-dir", str(tmp_path / "abl"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert result["seeds"] == [0] and result["steps"] == 2
+    assert result["arms"]["plain"]["stats"]["vstar/mam"]["mean"] == 0.75
+    assert result["arms"]["curriculum"]["runs"]["0"]["eval"]["spatial/gated"] == 0.0  # claim outside the gate
+    assert result["arms"]["plain"]["runs"]["0"]["eval"]["spatial/gated"] == pytest.approx(1.0)
+    assert result["curves"]["plain"][TRAINED_SPATIAL_KEY]["mean"] == pytest.approx([0.2, 0.4])
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| V-STAR mAM | 0.500 | 0.250 | 0.750 | +0.500 |" in md and "(spatial_reward.png)" in md
+    assert (tmp_path / "abl" / "spatial_reward.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_only_without_runs_fails_clearly(tmp_path):
+    r = _stgrl("ablate", "--report-only", "--run-dir", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "run `stgrl ablate` first" in r.stderr
