@@ -113,9 +113,14 @@ class ShmSnapshot:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        self._locked = True
         path = SHM_DIR / f"{self._stem}-v{version}"
-        os.rename(self.path, path)
+        try:
+            os.rename(self.path, path)
+        except OSError as err:  # e.g. removed from under us: pack into a new file instead
+            log.warning("weight snapshot %s not reusable: %s", self.path, err)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return False
+        self._locked = True
         self.path = path
         return True
 
