@@ -16,8 +16,14 @@ Box = list[float]
 def clamp_box(box: Box, width: float = 1.0, height: float = 1.0) -> Box:
     """Clip a box to the frame `[0, width] x [0, height]` (coordinates kept in their order)."""
     x1, y1, x2, y2 = box
-    return [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
-            min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+    # min(max(v, 0.0), limit) as comparisons: max keeps v unless 0.0 > v, min keeps that unless
+    # limit < it (the same result for every input, NaN and signed zeros included)
+    x1 = 0.0 if 0.0 > x1 else x1
+    y1 = 0.0 if 0.0 > y1 else y1
+    x2 = 0.0 if 0.0 > x2 else x2
+    y2 = 0.0 if 0.0 > y2 else y2
+    return [width if width < x1 else x1, height if height < y1 else y1,
+            width if width < x2 else x2, height if height < y2 else y2]
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -106,12 +106,13 @@ def score_batch(samples: list[ScoringSample], step: int, total_steps: int, cfg: 
     run = fast.Run(step, total_steps, cfg)
     out: list[Score] = []
     truth: fast.Truth | None = None
+    by_task, parse, new_truth = fast.BY_TASK, fast.ParsedCompletion, fast.Truth
     for sample in samples:
         try:
             if truth is None or not truth.same(sample):
                 truth = None
-                truth = fast.Truth(sample)
-            comps, total = fast.BY_TASK[truth.task](fast.ParsedCompletion(sample.completion), truth, run)
+                truth = new_truth(sample)
+            comps, total = by_task[truth.task](parse(sample.completion), truth, run)
         except ValueError as e:
             out.append(Score(id=sample.id, total=0.0, components={}, error=str(e)))
             continue

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 MAX_ROUGE_CHARS = 4096
@@ -50,50 +49,31 @@ class _Tokenizer:
         return stem
 
     def tokenize(self, text: str) -> tuple[str, ...]:
+        """Tokens of `text`, memoised per text."""
         toks = self._texts.get(text)
         if toks is None:
-            # every run is [a-z0-9]+ (stems of such words too), so the library's final
-            # VALID_TOKEN_RE filter drops nothing
-            words = _WORDS.findall(text.lower())
-            toks = tuple(map(self._stems.get, words))  # known words: one C-level pass
-            if None in toks:
-                get, stem = self._stems.get, self._stem
-                toks = tuple([get(w) or stem(w) for w in words])
+            toks = self.tokenize_once(text)
             if len(self._texts) >= self.MAX_TEXTS:
                 self._texts.clear()
             self._texts[text] = toks
+        return toks
+
+    def tokenize_once(self, text: str) -> tuple[str, ...]:
+        """Tokens of `text`, not memoised (predictions rarely repeat, and a group's repeats are
+        caught earlier, by answer text)."""
+        # every run is [a-z0-9]+ (stems of such words too), so the library's final VALID_TOKEN_RE
+        # filter drops nothing
+        words = _WORDS.findall(text.lower())
+        toks = tuple(map(self._stems.get, words))  # known words: one C-level pass
+        if None in toks:
+            get, stem = self._stems.get, self._stem
+            toks = tuple([get(w) or stem(w) for w in words])
         return toks
 
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> _Tokenizer:
     return _Tokenizer()
-
-
-def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
-    """F-measure exactly as rouge_score computes it (denominators floored at 1)."""
-    p = overlap / max(n_pred, 1)
-    r = overlap / max(n_ref, 1)
-    return 2 * p * r / (p + r) if p + r > 0 else 0.0
-
-
-def _lcs_masks(tokens: tuple[str, ...]) -> dict[str, int]:
-    masks: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    return masks
-
-
-def lcs_length(ref_masks: dict[str, int], n_ref: int, pred: tuple[str, ...]) -> int:
-    """Length of the longest common subsequence, bit-parallel over the reference's positions."""
-    full = (1 << n_ref) - 1
-    v = full
-    for tok in pred:
-        m = ref_masks.get(tok)
-        if m:
-            u = v & m
-            v = ((v + u) | (v - u)) & full
-    return n_ref - v.bit_count()
 
 
 class RougeReference:
@@ -105,9 +85,18 @@ class RougeReference:
     def __init__(self, text: str) -> None:
         toks = _tokenizer().tokenize(text)
         self.tokens = toks
-        self.unigrams = dict(Counter(toks))
-        self.bigrams = dict(Counter(zip(toks, toks[1:])))
-        self.masks = _lcs_masks(toks)
+        uni: dict[str, int] = {}
+        bi: dict[tuple[str, str], int] = {}
+        masks: dict[str, int] = {}
+        prev = None
+        for i, tok in enumerate(toks):
+            uni[tok] = uni.get(tok, 0) + 1
+            masks[tok] = masks.get(tok, 0) | (1 << i)
+            if i:
+                key = (prev, tok)
+                bi[key] = bi.get(key, 0) + 1
+            prev = tok
+        self.unigrams, self.bigrams, self.masks = uni, bi, masks
 
 
 @functools.lru_cache(maxsize=1024)
@@ -120,7 +109,7 @@ def rouge_mean_f1_ref(ref: RougeReference, prediction: str) -> float:
     """`rouge_mean_f1` against a prepared reference. One pass over the prediction's tokens computes
     the clipped unigram and bigram overlaps (by spending copies of the reference's counts; a bigram is
     looked up only when both its tokens occur in the reference) and advances the bit-parallel LCS."""
-    pred = _tokenizer().tokenize(prediction[:MAX_ROUGE_CHARS])
+    pred = _tokenizer().tokenize_once(prediction[:MAX_ROUGE_CHARS])
     toks = ref.tokens
     n_ref, n_pred = len(toks), len(pred)
     if not n_ref and not n_pred:
