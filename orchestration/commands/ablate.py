@@ -42,7 +42,8 @@ Writes into the run directory (default <run.out_dir>/<run.name>-ablation):
 table or the plot) without training or evaluating anything.
 
 Takes about (2 x seeds) RL stages + (1 + 2 x seeds) evaluations (+ one SFT without --sft-checkpoint);
-on the embedded default that is ~8 minutes for one seed with an existing SFT checkpoint.
+on the embedded default with an existing SFT checkpoint that is about 10 minutes per seed on a
+shared 2-core machine (docs/ablation.md: 29 minutes for seeds 0 1 2).
 """
 
 log = logging.getLogger(__name__)
