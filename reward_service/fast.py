@@ -24,6 +24,7 @@ sums over the same sequences in the same order), so results are identical, not m
 from __future__ import annotations
 
 import math
+from math import exp
 
 from stgrl.reward_service.components import (
     _frame,
@@ -75,7 +76,7 @@ class Truth:
     """The ground truth of one prompt, prepared for scoring its completions. Parts are built on
     first use (a group whose completions have no answer never builds the ROUGE profile)."""
 
-    __slots__ = ("sample", "task", "options", "_letter", "_rouge", "span", "_times", "_wh", "_frames",
+    __slots__ = ("sample", "task", "options", "_letter", "_rouge", "span", "_times", "_wh", "_frames", "_at",
                  "_all_boxes", "_image_boxes", "accuracy_of")
 
     def __init__(self, sample: ScoringSample) -> None:
@@ -92,6 +93,7 @@ class Truth:
         self._times: list[float] | None = None
         self._wh: tuple[float, float] | None = None
         self._frames: dict[int, FrameTruth] = {}
+        self._at: dict[int, FrameTruth] = {}
         self._all_boxes: list[Box] | None = None
         self._image_boxes: list[Box] | None = None
         self.accuracy_of: dict[str, float] = {}
@@ -137,6 +139,13 @@ class Truth:
         if self._rouge is None:
             self._rouge = rouge_reference(self.sample.answer.strip())
         return self._rouge
+
+    def frame_at(self, k: int, object_match: str) -> FrameTruth:
+        """`frame` of the k-th key frame (kept by position too: claims look frames up by position)."""
+        got = self._at.get(k)
+        if got is None:
+            got = self._at[k] = self.frame(self.sample.key_frames[k].idx, object_match)
+        return got
 
     def frame(self, idx: int, object_match: str) -> FrameTruth:
         """Key frame `idx`'s objects, as `components._prepared_frame` builds them."""
@@ -198,7 +207,7 @@ def _nearest(t: float, times: list[float]) -> tuple[int, float]:
 def _claim_spatial(claim: RawClaim, k: int, truth: Truth, run: Run) -> float:
     """`components.claim_score` after the gate: matching in key frame `k` (a position in `times`).
     The claim's boxes are read only here, once its object is known to be in the frame."""
-    frame = truth.frame(truth.sample.key_frames[k].idx, run.object_match)
+    frame = truth.frame_at(k, run.object_match)
     if not frame:
         return 0.0
     w, h = truth.wh
@@ -264,9 +273,15 @@ def _proximity_and_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> 
             prox.append(0.0)
             spat.append(0.0)
             continue
-        k, d = _nearest(t, truth.times)
+        times = truth.times  # _nearest(t, times), inlined (hot)
+        k = 0
+        d = abs(t - times[0])
+        for i in range(1, len(times)):
+            di = abs(t - times[i])
+            if di < d:
+                k, d = i, di
         if not plain:
-            prox.append(math.exp(-(d * d) / den))
+            prox.append(exp(-(d * d) / den))
         spat.append(0.0 if gate is not None and d > gate else _claim_spatial(claim, k, truth, run))
     if claims:
         s = sum(spat) / len(claims)

@@ -130,16 +130,6 @@ def _parse_box_strict(text: str) -> list[float] | None:
     return box if math.isfinite(box[0] + box[1] + box[2] + box[3]) else None
 
 
-def _block(text: str, opening: str, closing: str) -> tuple[int, int] | None:
-    """(start, end) of the inside of the first `opening` tag and the first `closing` tag after it."""
-    i = text.find(opening)
-    if i < 0:
-        return None
-    i += len(opening)
-    j = text.find(closing, i)
-    return None if j < 0 else (i, j)
-
-
 class ParsedCompletion:
     """Everything the reward components need from one completion. The think and answer blocks are
     located here; each part (claims, times, boxes) is read on first use and kept, so a task that needs
@@ -151,8 +141,14 @@ class ParsedCompletion:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._think = _block(text, "<think>", "</think>")
-        self._answer = _block(text, "<answer>", "</answer>")
+        # (start, end) of the inside of the first `<think>` and the first `</think>` after it; same
+        # for the answer
+        i = text.find("<think>")
+        j = -1 if i < 0 else text.find("</think>", i + 7)
+        self._think = None if j < 0 else (i + 7, j)
+        i = text.find("<answer>")
+        j = -1 if i < 0 else text.find("</answer>", i + 8)
+        self._answer = None if j < 0 else (i + 8, j)
         self._well_formed: bool | None = None
         self._claims: list[Claim] | None = None
         self._raw_claims: list[RawClaim] | None = None
@@ -315,7 +311,7 @@ def parse_option_letter(text: str) -> str | None:
     """The option letter of a multiple-choice answer: `X`, `X.`, `(X)`, `[X]`, `X. text`, also after
     `Correct Option:` (temporal MCQ) or `Answer:`. Letters are capitals only, so a free-form
     "a dog" is not option A. None if there is none."""
-    m = _OPTION.match(text[:MAX_BOX_CHARS])
+    m = _OPTION.match(text, 0, MAX_BOX_CHARS)  # as on text[:MAX_BOX_CHARS], without the copy
     return m.group(1) if m else None
 
 

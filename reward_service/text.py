@@ -63,7 +63,11 @@ class _Tokenizer:
         caught earlier, by answer text)."""
         # every run is [a-z0-9]+ (stems of such words too), so the library's final VALID_TOKEN_RE
         # filter drops nothing
-        words = _WORDS.findall(text.lower())
+        low = text.lower()
+        if low.isascii() and low.replace(" ", "").isalnum():
+            words = low.split()  # only [a-z0-9] and spaces: the runs are the space-separated words
+        else:
+            words = _WORDS.findall(low)
         toks = tuple(map(self._stems.get, words))  # known words: one C-level pass
         if None in toks:
             get, stem = self._stems.get, self._stem

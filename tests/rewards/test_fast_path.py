@@ -193,6 +193,14 @@ def test_number_and_box_fast_paths_equal_the_strict_readings():
         assert P.claim_boxes(claim) == [P._parse_box_strict(t)] * 2, t
 
 
+def test_option_letter_reads_the_first_256_characters_without_copying_them():
+    rng = random.Random(4)
+    for _ in range(3000):
+        t = " " * rng.choice([0, 250, 253, 254, 255, 256]) + rng.choice(["B", "(B)", "B.", "Answer: C", "b", "Bx"]) \
+            + rng.choice(["", "\n", " x"])
+        assert P.parse_option_letter(t) == (m.group(1) if (m := P._OPTION.match(t[:256])) else None), repr(t)
+
+
 def test_claims_keep_their_public_shape():
     p = P.parse_completion("<think><obj> dog </obj><box>[1,2,3,4]</box> <box>[1,2,x,4]</box>at<t>2</t>s</think>")
     assert [(c.name, c.boxes, c.time, c.well_formed) for c in p.claims] == [("dog", [[1, 2, 3, 4], None], 2.0, False)]
