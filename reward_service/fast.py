@@ -377,7 +377,9 @@ def score_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
             continue
         nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
         for g in truth.image_boxes():
-            best = max(best, box_iou(nb, g))
+            v = box_iou(nb, g)
+            if v > best:  # max(best, v)
+                best = v
     viou = 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)
     fmt = 1.0 if parsed.well_formed else 0.0
     return {"format": fmt, "answer_viou": viou}, 0 + run.w[0] * fmt + run.w[3] * viou

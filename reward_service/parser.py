@@ -193,9 +193,13 @@ class ParsedCompletion:
         if c - 8 < b:  # `<answer>` overlaps the think: let the full count decide
             return self._check_form_by_counts()
         in_think = text.count("<", a, b)
-        in_answer = text.count("<", c, d)
-        if text.count("<") != in_think + in_answer + 4:
-            return self._check_form_by_counts()
+        outside = text.count("<") - in_think - 4  # the `<` left for the answer's inside, if all is well
+        if outside:
+            in_answer = text.count("<", c, d)
+            if outside != in_answer:
+                return self._check_form_by_counts()
+        else:  # the four tags lie outside both insides, so every other `<` is inside the think
+            in_answer = 0
         if in_answer and in_answer != self._answer_tags:
             seen = 0
             for tag in _INNER_TAGS:
@@ -262,7 +266,7 @@ class ParsedCompletion:
             found = [] if self._think is None else _T_TAG.findall(self.text, *self._think)
             if 2 * len(found) > self._think_tags:
                 self._think_tags = 2 * len(found)
-            self._think_times = [parse_number(x) for x in found]
+            self._think_times = list(map(parse_number, found))
         return self._think_times
 
     @property
@@ -271,7 +275,7 @@ class ParsedCompletion:
             found = [] if self._answer is None else _T_TAG.findall(self.text, *self._answer)
             if 2 * len(found) > self._answer_tags:
                 self._answer_tags = 2 * len(found)
-            self._answer_times = [parse_number(x) for x in found]
+            self._answer_times = list(map(parse_number, found))
         return self._answer_times
 
     @property
@@ -280,7 +284,7 @@ class ParsedCompletion:
             found = [] if self._answer is None else _BOX_TAG.findall(self.text, *self._answer)
             if 2 * len(found) > self._answer_tags:
                 self._answer_tags = 2 * len(found)
-            self._answer_boxes = [parse_box(x) for x in found]
+            self._answer_boxes = list(map(parse_box, found))
         return self._answer_boxes
 
 
