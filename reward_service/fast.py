@@ -218,8 +218,31 @@ def _claim_spatial(claim: RawClaim, k: int, truth: Truth, run: Run) -> float:
         candidates = (gt,)
     else:
         candidates = frame  # type: ignore[assignment]
+    boxes = claim_boxes(claim)
+    if len(boxes) == 1 and len(candidates) == 1 and len(candidates[0]) == 1:
+        # the common one-box claim on a one-box object: _match's 1x1 case on the normalised, clamped
+        # box, without building it (box_iou's operations, inlined)
+        b = boxes[0]
+        if b is None:
+            return 0.0
+        x1, y1, x2, y2 = b[0] / w, b[1] / h, b[2] / w, b[3] / h
+        ax1 = 0.0 if x1 < 0.0 else (1.0 if x1 > 1.0 else x1)
+        ay1 = 0.0 if y1 < 0.0 else (1.0 if y1 > 1.0 else y1)
+        ax2 = 0.0 if x2 < 0.0 else (1.0 if x2 > 1.0 else x2)
+        ay2 = 0.0 if y2 < 0.0 else (1.0 if y2 > 1.0 else y2)
+        bx1, by1, bx2, by2 = candidates[0][0]
+        if ax2 <= ax1 or ay2 <= ay1 or bx2 <= bx1 or by2 <= by1:
+            return 0.0
+        iw = (bx2 if bx2 < ax2 else ax2) - (bx1 if bx1 > ax1 else ax1)
+        ih = (by2 if by2 < ay2 else ay2) - (by1 if by1 > ay1 else ay1)
+        if iw <= 0.0 or ih <= 0.0:
+            return 0.0
+        inter = iw * ih
+        union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+        v = inter / union if union > 0.0 else 0.0
+        return 0.0 if not v > 0.0 else (1.0 if v > 1.0 else v)
     pred: list[Box | None] = []
-    for b in claim_boxes(claim):
+    for b in boxes:
         if b is None:
             pred.append(None)
             continue
