@@ -247,6 +247,7 @@ class ParsedCompletion:
     def _parse_claims(self, a: int, b: int) -> list[RawClaim]:
         out: list[RawClaim] = []
         tags = 0
+        memo = _NUMBERS.get
         for name, boxes, t in _CLAIM.findall(self.text, a, b):
             # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
             # pieces (and a last empty one)
@@ -254,7 +255,8 @@ class ParsedCompletion:
             tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
             if len(name) <= MAX_NAME_CHARS:
                 pieces.pop()
-                out.append([name.strip(), pieces, parse_number(t), None])
+                v = memo(t, _MISSING)  # parse_number(t), its memo looked up inline (hot)
+                out.append([name.strip(), pieces, parse_number(t) if v is _MISSING else v, None])
         if tags > self._think_tags:
             self._think_tags = tags
         return out
