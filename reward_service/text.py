@@ -3,10 +3,11 @@
 ROUGE gives the same numbers as `rouge_score` with `RougeScorer(['rouge1','rouge2','rougeL'],
 use_stemmer=True)` (the reference's scorer): the same tokenizer and Porter stemmer, built once per
 process. The counting is done here, because the library's per-call overhead dominated the reward:
-- tokens are memoised per text and stems per word (the ground truth is shared by every completion of
-  a group, and words repeat), so stemming - the costly part - happens once per distinct word;
-- the truth's n-gram counts and LCS bit masks are memoised per truth text;
-- the LCS length uses the bit-parallel algorithm (Hyyrö 2004) on Python integers: O(n·m/64) instead
+- stems are memoised per word (words repeat), so stemming - the costly part - happens once per
+  distinct word; the reference's tokens, n-gram counts and LCS bit masks once per reference text (a
+  group's completions share their ground truth: `RougeReference`);
+- one pass over the prediction's tokens counts the clipped unigram and bigram overlaps and advances
+  the LCS, which uses the bit-parallel algorithm (Hyyrö 2004) on Python integers: O(n·m/64) instead
   of the library's O(n·m) table of Python lists.
 `rouge_library_mean_f1` is the reference twin; the tests check both agree to 1e-12.
 """
