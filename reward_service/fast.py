@@ -4,7 +4,7 @@ prepared once per group.
 `components.py` defines every component as its own small function of a parsed completion and the raw
 ground truth; `rewards.score_components_reference` chains them. That is the readable definition and
 the reference twin of this module: `tests/rewards/test_fast_path.py` checks both give the same
-floats, bit for bit, on the benchmark's generator and on fuzzed completions. What is faster here:
+floats, bit for bit, on generated groups of realistic and malformed completions. What is faster here:
 
 - **Ground truth once per group.** A GRPO/GSPO group's G completions share their prompt, so
   `score_batch` compares each sample's ground truth with the previous one's (identity first, then
