@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 
@@ -85,16 +86,23 @@ def _parse_all(text: str) -> None:
 
 
 def _time_parse(texts: list[str]) -> float:
-    """Sum over texts of the best of 5 timings, in CPU time of this process: wall time counts the
-    slices other processes take on a shared machine, which made the ratio flaky under load."""
+    """Sum over texts of the best of 5 timings, in CPU time of this process (wall time counts the
+    slices other processes take on a shared machine, which made the ratio flaky under load), with the
+    cyclic garbage collector paused: its passes cost in proportion to everything alive in the test
+    process (memos and leftovers of earlier tests), which is not the parser's complexity."""
     total = 0.0
-    for t in texts:
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.process_time()
-            _parse_all(t)
-            best = min(best, time.process_time() - t0)
-        total += best
+    gc.collect()
+    gc.disable()
+    try:
+        for t in texts:
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.process_time()
+                _parse_all(t)
+                best = min(best, time.process_time() - t0)
+            total += best
+    finally:
+        gc.enable()
     return total
 
 
