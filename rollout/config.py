@@ -17,6 +17,11 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     init_seed: int = 0
     """Seed for `stgrl init-model` when `path` does not exist yet (embedded tiny model)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    pretrain_vision_steps: Annotated[int, Meta(ge=0)] = 200
+    """Base pretraining of a freshly built embedded model (`stgrl.rollout.base_pretrain`): dense
+    vision-probe steps. 0 = off. Ignored for a `path` that already holds a model."""
+    pretrain_caption_steps: Annotated[int, Meta(ge=0)] = 800
+    """Base pretraining: grounded-caption steps (teaches the language model to read image tokens)."""
 
 
 class DataConfig(Struct, forbid_unknown_fields=True, kw_only=True):

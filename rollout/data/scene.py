@@ -56,15 +56,21 @@ class Difficulty(Struct, frozen=True, kw_only=True):
     background: tuple[int, int, int]
     still_prob: float
     """Probability that an object does not move."""
+    floor: Literal["plain", "cells"] = "plain"
+    """"cells": each `grid` cell of the background gets its own dim shade (column -> red, row ->
+    green), a chessboard with labelled squares. Why: the Qwen2.5-VL vision tower has no absolute
+    position embedding (2-D RoPE only), so on a uniform background a token cannot tell where it is
+    except from the frame's borders, which a tiny model learns slowly and unreliably (measured,
+    docs/grounding.md). Objects are drawn inset in their cell so the shade shows around them."""
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
     # 4x4 cells of 28 px, 2 fps native = the sampler's fps, so every frame is shown (4..6 frames).
     "easy": Difficulty(
         name="easy", width=112, height=112, native_fps=2.0, min_frames=4, max_frames=6,
-        min_objects=1, max_objects=2, min_size=28, max_size=28, grid=28, min_speed=0, max_speed=0,
+        min_objects=1, max_objects=2, min_size=20, max_size=20, grid=28, min_speed=0, max_speed=0,
         colours=("red", "green", "blue", "yellow"), shapes=("circle", "square"),
-        background=(0, 0, 0), still_prob=0.2,
+        background=(0, 0, 0), still_prob=0.2, floor="cells",
     ),
     "medium": Difficulty(
         name="medium", width=168, height=168, native_fps=8.0, min_frames=32, max_frames=64,
@@ -113,6 +119,8 @@ class Scene(Struct, kw_only=True):
     objects: list[SceneObject]
     events: list[Event]
     sampled: list[int]
+    floor: Literal["plain", "cells"] = "plain"
+    grid: int = 0
 
     def obj(self, name: str) -> SceneObject:
         return next(o for o in self.objects if o.name == name)
@@ -183,8 +191,9 @@ def simulate(rng: random.Random, d: Difficulty, sampled_for: Callable[[int, floa
             if not spawned[j] and a <= i <= b and i in shown:
                 others = [box_of(q, pos[q]) for q in range(n_obj) if pos[q] is not None]
                 for _ in range(60):
-                    if d.grid:
-                        p = [rng.randrange(cells_x) * d.grid, rng.randrange(cells_y) * d.grid]
+                    if d.grid:  # inset: centred in its cell
+                        inset = (d.grid - sizes[j]) // 2
+                        p = [rng.randrange(cells_x) * d.grid + inset, rng.randrange(cells_y) * d.grid + inset]
                     else:
                         p = [rng.uniform(0, d.width - sizes[j]), rng.uniform(0, d.height - sizes[j])]
                     if not any(_overlap(box_of(j, p), o, gap=2) for o in others):
@@ -248,4 +257,5 @@ def simulate(rng: random.Random, d: Difficulty, sampled_for: Callable[[int, floa
 
     objects = [o for o in objects if any(b is not None for b in o.boxes)]
     return Scene(width=d.width, height=d.height, native_fps=d.native_fps, num_frames=num_frames,
-                 background=d.background, objects=objects, events=events, sampled=sampled)
+                 background=d.background, objects=objects, events=events, sampled=sampled,
+                 floor=d.floor, grid=d.grid)
