@@ -35,11 +35,18 @@ from stgrl.reward_service.components import (
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.geometry import box_iou, clamp_box, interval_iou, match_score
 from stgrl.reward_service.parser import (
-    ParsedCompletion,
+    _BOX_TAG,
+    _T_TAG,
     RawClaim,
+    blocks,
     claim_boxes,
+    form_by_counts,
+    parse_box,
+    parse_claims,
+    parse_number,
     parse_option_letter,
-    predicted_span,
+    parse_span_text,
+    times_in,
 )
 from stgrl.reward_service.text import (
     RougeReference,
@@ -176,20 +183,26 @@ def _same_items(a: dict[str, dict[str, list[Box]]], b: dict[str, dict[str, list[
 
 
 # --------------------------------------------------------------------------------- components
-def _accuracy(parsed: ParsedCompletion, truth: Truth) -> float:
-    """`components.answer_accuracy`."""
-    answer = parsed.answer
+# The scorers read the completion through `parser.blocks` (think/answer spans, and `well_formed` when
+# the one-pass `FORM` match proves it) and the parser's module functions on those spans, with plain
+# locals: no `ParsedCompletion` object, no properties. `ParsedCompletion` stays the reference's view.
+Span = tuple[int, int] | None
+
+
+def _accuracy(text: str, answer: Span, truth: Truth) -> float:
+    """`components.answer_accuracy`, memoised per answer text within the group."""
     if answer is None:
         return 0.0
-    v = truth.accuracy_of.get(answer)
+    ans = text[answer[0] : answer[1]]
+    v = truth.accuracy_of.get(ans)
     if v is None:
         if truth.options:
             want = truth.letter
-            v = 1.0 if want is not None and parse_option_letter(answer) == want else 0.0
+            v = 1.0 if want is not None and parse_option_letter(ans) == want else 0.0
         else:
-            v = rouge_mean_f1_ref(truth.rouge, answer.strip())
+            v = rouge_mean_f1_ref(truth.rouge, ans.strip())
             v = 0.0 if not v > 0.0 else (1.0 if v > 1.0 else v)
-        truth.accuracy_of[answer] = v
+        truth.accuracy_of[ans] = v
     return v
 
 
@@ -282,24 +295,27 @@ def _match(pred: list[Box | None], gt: list[Box]) -> float:
     return match_score(pred, gt)
 
 
-def _proximity_and_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> tuple[float, float]:
+def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth: Truth,
+                           run: Run) -> tuple[float, float]:
     """`temporal_proximity` (0 in plain mode, where it is not a component) and `spatial_reward`,
     sharing each claim's nearest key frame."""
-    claims = parsed.raw_claims
     has_frames = bool(truth.sample.key_frames)
     den, gate, plain = run.den, run.gate, run.plain
     prox: list[float] = []
     spat: list[float] = []
+    if has_frames:
+        times = truth.times
+        n_times = len(times)
+        t0 = times[0]
     for claim in claims:
         t = claim[2]
         if t is None or not has_frames:
             prox.append(0.0)
             spat.append(0.0)
             continue
-        times = truth.times  # _nearest(t, times), inlined (hot)
-        k = 0
-        d = abs(t - times[0])
-        for i in range(1, len(times)):
+        k = 0  # _nearest(t, times), inlined (hot)
+        d = abs(t - t0)
+        for i in range(1, n_times):
             di = abs(t - times[i])
             if di < d:
                 k, d = i, di
@@ -318,7 +334,7 @@ def _proximity_and_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> 
             return 0.0, spatial
         p = sum(prox) / len(prox)
         return (0.0 if not p > 0.0 else (1.0 if p > 1.0 else p)), spatial
-    think_times = parsed.think_times
+    think_times = times_in(text, think)
     if not think_times or not has_frames:
         return 0.0, spatial
     return _mean_proximity(think_times, truth, den), spatial
@@ -337,15 +353,33 @@ def _mean_proximity(ts: list[float | None], truth: Truth, den: float) -> float:
     return 0.0 if not p > 0.0 else (1.0 if p > 1.0 else p)
 
 
+def _predicted_span(text: str, answer: Span) -> tuple[float, float] | None:
+    """`parser.predicted_span` on the answer's span: the first two `<t>` times (only those two are
+    read), else a `[S, E]` in the answer's first 4,096 characters when it has no `<t>` at all."""
+    if answer is None:
+        return None
+    c, d = answer
+    found = _T_TAG.findall(text, c, d)
+    if len(found) >= 2:
+        s, e = parse_number(found[0]), parse_number(found[1])
+        return None if s is None or e is None else (s, e)
+    if not found:
+        return parse_span_text(text[c : d if d - c <= 4096 else c + 4096])
+    return None
+
+
 # --------------------------------------------------------------------------------------- tasks
-# Each task's scorer returns its components (in the order `rewards.components_for` lists them) and
-# their weighted total, summed in that order from 0 as `sum()` does (so the same float).
+# Each task's scorer takes the completion, its blocks and `well_formed` as `parser.blocks` gives them
+# (None: not decided yet), and returns its components (in the order `rewards.components_for` lists
+# them) and their weighted total, summed in that order from 0 as `sum()` does (so the same float).
 Scored = tuple[dict[str, float], float]
 
 
-def score_spatio_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
-    claims = parsed.raw_claims
-    if not parsed.well_formed:
+def score_spatio_temporal(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
+    claims = [] if think is None else parse_claims(text, think[0], think[1])[0]
+    if wf is None:
+        wf = form_by_counts(text, think, answer)
+    if not wf:
         fmt = 0.0
     else:
         fmt = 0.5
@@ -353,8 +387,8 @@ def score_spatio_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> S
             if claim[2] is not None and None not in claim_boxes(claim):
                 fmt = 1.0
                 break
-    acc = _accuracy(parsed, truth)
-    prox, spatial = _proximity_and_spatial(parsed, truth, run)
+    acc = _accuracy(text, answer, truth)
+    prox, spatial = _proximity_and_spatial(claims, text, think, truth, run)
     w = run.w
     if run.plain:
         return ({"format": fmt, "answer_accuracy": acc, "spatial_gated": spatial},
@@ -363,60 +397,75 @@ def score_spatio_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> S
             0 + w[0] * fmt + w[1] * acc + w[5] * prox + w[6] * spatial)
 
 
-def score_temporal(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
+def score_temporal(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
     span = truth.span
-    pred = predicted_span(parsed)
+    pred = _predicted_span(text, answer)
     if pred is None or span is None:
         tiou = 0.0
     else:
         v = interval_iou(pred, span)
         tiou = 0.0 if not v > 0.0 else (1.0 if v > 1.0 else v)
-    times = parsed.think_times
-    if span is None or not times:
+    if span is None or think is None:
         segment = 0.0
     else:
-        s, e = span
-        inside = 0
-        for t in times:
-            if t is not None and s <= t <= e:
-                inside += 1
-        segment = inside / len(times)
-    fmt = 1.0 if parsed.well_formed else 0.0
+        times = times_in(text, think)
+        if not times:
+            segment = 0.0
+        else:
+            s, e = span
+            inside = 0
+            for t in times:
+                if t is not None and s <= t <= e:
+                    inside += 1
+            segment = inside / len(times)
+    if wf is None:
+        wf = form_by_counts(text, think, answer)
+    fmt = 1.0 if wf else 0.0
     w = run.w
     if truth.options:
-        acc = _accuracy(parsed, truth)
+        acc = _accuracy(text, answer, truth)
         return ({"format": fmt, "answer_accuracy": acc, "answer_tiou": tiou, "think_temporal_segment": segment},
                 0 + w[0] * fmt + w[1] * acc + w[2] * tiou + w[4] * segment)
     return ({"format": fmt, "answer_tiou": tiou, "think_temporal_segment": segment},
             0 + w[0] * fmt + w[2] * tiou + w[4] * segment)
 
 
-def score_spatial(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
+def score_spatial(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
     truth.all_boxes()
-    w, h = truth.wh
     best = 0.0
-    for b in parsed.answer_boxes:
-        if b is None:
-            continue
-        nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
-        for g in truth.image_boxes():
-            v = box_iou(nb, g)
-            if v > best:  # max(best, v)
-                best = v
+    if answer is not None:
+        found = _BOX_TAG.findall(text, answer[0], answer[1])
+        if found:
+            w, h = truth.wh
+            gts = truth.image_boxes()
+            for b in map(parse_box, found):
+                if b is None:
+                    continue
+                nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
+                for g in gts:
+                    v = box_iou(nb, g)
+                    if v > best:  # max(best, v)
+                        best = v
     viou = 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)
-    fmt = 1.0 if parsed.well_formed else 0.0
+    if wf is None:
+        wf = form_by_counts(text, think, answer)
+    fmt = 1.0 if wf else 0.0
     return {"format": fmt, "answer_viou": viou}, 0 + run.w[0] * fmt + run.w[3] * viou
 
 
-def score_general(parsed: ParsedCompletion, truth: Truth, run: Run) -> Scored:
-    fmt = 1.0 if parsed.well_formed else 0.0
-    acc = _accuracy(parsed, truth)
+def score_general(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
+    if wf is None:
+        wf = form_by_counts(text, think, answer)
+    fmt = 1.0 if wf else 0.0
+    acc = _accuracy(text, answer, truth)
     return {"format": fmt, "answer_accuracy": acc}, 0 + run.w[0] * fmt + run.w[1] * acc
 
 
 BY_TASK = {"spatio_temporal": score_spatio_temporal, "temporal": score_temporal, "spatial": score_spatial,
            "general": score_general}
 
+
 def components(sample: ScoringSample, truth: Truth, run: Run) -> dict[str, float]:
     """Every applicable component of `sample`, whose ground truth is `truth`."""
-    return BY_TASK[truth.task](ParsedCompletion(sample.completion), truth, run)[0]
+    text = sample.completion
+    return BY_TASK[truth.task](text, *blocks(text), truth, run)[0]

@@ -33,6 +33,15 @@ _T_TAG = re.compile(r"<t>([^<]*)</t>")
 _OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
 
+FORM = re.compile(
+    r"[^<]*+<think>((?:[^<]++|<obj>[^<]*+</obj>|<box>[^<]*+</box>|<t>[^<]*+</t>)*+)</think>"
+    r"[^<]*+<answer>((?:[^<]++|</?(?:obj|box|t)>)*+)</answer>[^<]*+"
+)
+"""The common well-formed completion in one C-level pass: no `<` outside the two blocks but their four
+tags, the think made of text and closed `<obj>`/`<box>`/`<t>` units (so balanced), the answer of text
+and inner tags. A full match proves `well_formed` and gives both blocks; anything else (a stray `<`,
+a nested unit, a malformed completion) falls back to `str.find` and the tag counts. Possessive
+quantifiers and alternatives that start with distinct characters keep it linear on any input."""
 _INNER_PAIRS = (("<obj>", "</obj>"), ("<box>", "</box>"), ("<t>", "</t>"))
 _INNER_TAGS = ("<box>", "</box>", "<t>", "</t>", "<obj>", "</obj>")
 
@@ -112,10 +121,8 @@ def parse_box(text: str) -> list[float] | None:
     regex match."""
     if len(text) <= MAX_BOX_CHARS and text[:1] == "[" and text[-1:] == "]":
         parts = text[1:-1].split(",")
-        if len(parts) == 4:
-            x1, y1, x2, y2 = parts
-            if x1.isdigit() and y1.isdigit() and x2.isdigit() and y2.isdigit() and text.isascii():
-                return [float(x1), float(y1), float(x2), float(y2)]
+        if len(parts) == 4 and "" not in parts and text[1:-1].replace(",", "").isdigit() and text.isascii():
+            return list(map(float, parts))
     return _parse_box_strict(text)
 
 
@@ -130,6 +137,59 @@ def _parse_box_strict(text: str) -> list[float] | None:
     return box if math.isfinite(box[0] + box[1] + box[2] + box[3]) else None
 
 
+def blocks(text: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None, bool | None]:
+    """(think, answer, well_formed) of `text`: the (start, end) of the inside of the first `<think>`
+    and the first `</think>` after it (same for the answer; None if absent or unclosed), and True when
+    `FORM` proves the completion well formed, else None (not decided: `form_by_counts` decides)."""
+    m = FORM.fullmatch(text)
+    if m is not None:
+        _, think, answer = m.regs
+        return think, answer, True
+    i = text.find("<think>")
+    j = -1 if i < 0 else text.find("</think>", i + 7)
+    think = None if j < 0 else (i + 7, j)
+    i = text.find("<answer>")
+    j = -1 if i < 0 else text.find("</answer>", i + 8)
+    return think, (None if j < 0 else (i + 8, j)), None
+
+
+def form_by_counts(text: str, think: tuple[int, int] | None, answer: tuple[int, int] | None) -> bool:
+    """The definition of `well_formed`, one count per tag, given the blocks `blocks` found."""
+    if think is None or answer is None or think[1] > answer[0]:
+        return False
+    if any(text.count(k) != 1 for k in ("<think>", "</think>", "<answer>", "</answer>")):
+        return False
+    a, b = think
+    return all(text.count(f"<{n}>", a, b) == text.count(f"</{n}>", a, b) for n in ("obj", "box", "t"))
+
+
+def parse_claims(text: str, a: int, b: int) -> tuple[list[RawClaim], int]:
+    """The claims in `text[a:b]` as raw claims (see `RawClaim`), and how many `<` their tags hold."""
+    out: list[RawClaim] = []
+    tags = 0
+    memo = _NUMBERS.get
+    for name, boxes, t in _CLAIM.findall(text, a, b):
+        # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
+        # pieces (and a last empty one)
+        pieces = boxes.split("</box>")
+        tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
+        if len(name) <= MAX_NAME_CHARS:
+            pieces.pop()
+            v = memo(t, _MISSING)  # parse_number(t), its memo looked up inline (hot)
+            out.append([name.strip(), pieces, parse_number(t) if v is _MISSING else v, None])
+    return out, tags
+
+
+def times_in(text: str, span: tuple[int, int] | None) -> list[float | None]:
+    """Every `<t>X</t>` in `text[span]`, read by `parse_number` (`think_times`/`answer_times`)."""
+    return [] if span is None else list(map(parse_number, _T_TAG.findall(text, *span)))
+
+
+def boxes_in(text: str, span: tuple[int, int] | None) -> list[list[float] | None]:
+    """Every `<box>X</box>` in `text[span]`, read by `parse_box` (`answer_boxes`)."""
+    return [] if span is None else list(map(parse_box, _BOX_TAG.findall(text, *span)))
+
+
 class ParsedCompletion:
     """Everything the reward components need from one completion. The think and answer blocks are
     located here; each part (claims, times, boxes) is read on first use and kept, so a task that needs
@@ -142,14 +202,8 @@ class ParsedCompletion:
     def __init__(self, text: str) -> None:
         self.text = text
         # (start, end) of the inside of the first `<think>` and the first `</think>` after it; same
-        # for the answer
-        i = text.find("<think>")
-        j = -1 if i < 0 else text.find("</think>", i + 7)
-        self._think = None if j < 0 else (i + 7, j)
-        i = text.find("<answer>")
-        j = -1 if i < 0 else text.find("</answer>", i + 8)
-        self._answer = None if j < 0 else (i + 8, j)
-        self._well_formed: bool | None = None
+        # for the answer; `well_formed` already when `FORM` proves it (the common case)
+        self._think, self._answer, self._well_formed = blocks(text)
         self._claims: list[Claim] | None = None
         self._raw_claims: list[RawClaim] | None = None
         self._think_times: list[float | None] | None = None
@@ -222,13 +276,7 @@ class ParsedCompletion:
 
     def _check_form_by_counts(self) -> bool:
         """The definition of `well_formed`, one count per tag (reference twin of `_check_form`)."""
-        text, think, answer = self.text, self._think, self._answer
-        if think is None or answer is None or think[1] > answer[0]:
-            return False
-        if any(text.count(k) != 1 for k in ("<think>", "</think>", "<answer>", "</answer>")):
-            return False
-        a, b = think
-        return all(text.count(f"<{n}>", a, b) == text.count(f"</{n}>", a, b) for n in ("obj", "box", "t"))
+        return form_by_counts(self.text, self._think, self._answer)
 
     @property
     def claims(self) -> list[Claim]:
@@ -245,18 +293,7 @@ class ParsedCompletion:
         return self._raw_claims
 
     def _parse_claims(self, a: int, b: int) -> list[RawClaim]:
-        out: list[RawClaim] = []
-        tags = 0
-        memo = _NUMBERS.get
-        for name, boxes, t in _CLAIM.findall(self.text, a, b):
-            # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
-            # pieces (and a last empty one)
-            pieces = boxes.split("</box>")
-            tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
-            if len(name) <= MAX_NAME_CHARS:
-                pieces.pop()
-                v = memo(t, _MISSING)  # parse_number(t), its memo looked up inline (hot)
-                out.append([name.strip(), pieces, parse_number(t) if v is _MISSING else v, None])
+        out, tags = parse_claims(self.text, a, b)
         if tags > self._think_tags:
             self._think_tags = tags
         return out
@@ -297,13 +334,14 @@ def claim_boxes(claim: RawClaim) -> list[list[float] | None]:
         boxes = claim[3] = []
         for x in claim[1]:
             # parse_box's fast path, on the piece itself when it is exactly `<box>[int,int,int,int]`
+            # (four non-empty ASCII digit runs between three commas: one check on the commas-removed
+            # inside, the float conversions in one C-level map)
             if x[:6] == "<box>[" and x[-1:] == "]" and len(x) <= MAX_BOX_CHARS + 5:
-                parts = x[6:-1].split(",")
-                if len(parts) == 4:
-                    x1, y1, x2, y2 = parts
-                    if x1.isdigit() and y1.isdigit() and x2.isdigit() and y2.isdigit() and x.isascii():
-                        boxes.append([float(x1), float(y1), float(x2), float(y2)])
-                        continue
+                inside = x[6:-1]
+                parts = inside.split(",")
+                if len(parts) == 4 and "" not in parts and inside.replace(",", "").isdigit() and x.isascii():
+                    boxes.append(list(map(float, parts)))
+                    continue
             boxes.append(parse_box(x[x.find("<box>") + 5 :]))
     return boxes
 

@@ -106,13 +106,21 @@ def score_batch(samples: list[ScoringSample], step: int, total_steps: int, cfg: 
     run = fast.Run(step, total_steps, cfg)
     out: list[Score] = []
     truth: fast.Truth | None = None
-    by_task, parse, new_truth = fast.BY_TASK, fast.ParsedCompletion, fast.Truth
+    by_task, new_truth, form, blocks = fast.BY_TASK, fast.Truth, parser.FORM.fullmatch, parser.blocks
+    scorer = None
     for sample in samples:
         try:
             if truth is None or not truth.same(sample):
                 truth = None
                 truth = new_truth(sample)
-            comps, total = by_task[truth.task](parse(sample.completion), truth, run)
+                scorer = by_task[truth.task]
+            text = sample.completion
+            m = form(text)  # `parser.blocks`, its common case inlined
+            if m is not None:
+                _, think, answer = m.regs
+                comps, total = scorer(text, think, answer, True, truth, run)  # type: ignore[misc]
+            else:
+                comps, total = scorer(text, *blocks(text), truth, run)  # type: ignore[misc]
         except ValueError as e:
             out.append(Score(id=sample.id, total=0.0, components={}, error=str(e)))
             continue
