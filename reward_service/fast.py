@@ -36,6 +36,8 @@ from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.geometry import box_iou, clamp_box, interval_iou, match_score
 from stgrl.reward_service.parser import (
     _BOX_TAG,
+    _MISSING,
+    _NUMBERS,
     _T_TAG,
     RawClaim,
     blocks,
@@ -83,13 +85,15 @@ class Truth:
     """The ground truth of one prompt, prepared for scoring its completions. Parts are built on
     first use (a group whose completions have no answer never builds the ROUGE profile)."""
 
-    __slots__ = ("sample", "task", "options", "_letter", "_rouge", "span", "_times", "_wh", "_frames", "_at",
+    __slots__ = ("sample", "key", "task", "options", "_letter", "_rouge", "span", "_times", "_wh", "_frames", "_at",
                  "_all_boxes", "_image_boxes", "accuracy_of")
 
     def __init__(self, sample: ScoringSample) -> None:
         if sample.task not in TASKS:
             raise ValueError(f"unknown task {sample.task!r}; expected one of {', '.join(TASKS)}")
         self.sample = sample
+        self.key = (sample.task, sample.answer, sample.options, sample.key_frames, sample.span, sample.frame_size)
+        """What `same` compares (all but `key_items`, which needs its objects' order compared too)."""
         self.task = sample.task
         self.options = bool(sample.options)
         self._letter: str | None | bool = False  # False: not computed yet
@@ -111,14 +115,9 @@ class Truth:
         Identical objects (one group's samples built by one process) are recognised without looking
         inside; otherwise values are compared, and the objects of each key frame in order too (their
         order fixes the order in which boxes of objects with one normalised name are merged)."""
-        t = self.sample
-        return (s.task == t.task
-                and (s.answer is t.answer or s.answer == t.answer)
-                and (s.options is t.options or s.options == t.options)
-                and (s.key_frames is t.key_frames or s.key_frames == t.key_frames)
-                and (s.key_items is t.key_items or _same_items(s.key_items, t.key_items))
-                and (s.span is t.span or s.span == t.span)
-                and (s.frame_size is t.frame_size or s.frame_size == t.frame_size))
+        # a tuple compares its items by identity first, then by value (`is` or `==`): one C-level call
+        return ((s.task, s.answer, s.options, s.key_frames, s.span, s.frame_size) == self.key
+                and (s.key_items is self.sample.key_items or _same_items(s.key_items, self.sample.key_items)))
 
     @property
     def times(self) -> list[float]:
@@ -217,14 +216,12 @@ def _nearest(t: float, times: list[float]) -> tuple[int, float]:
     return best, d
 
 
-def _claim_spatial(claim: RawClaim, k: int, truth: Truth, run: Run) -> float:
-    """`components.claim_score` after the gate: matching in key frame `k` (a position in `times`).
-    The claim's boxes are read only here, once its object is known to be in the frame."""
-    frame = truth.frame_at(k, run.object_match)
-    if not frame:
-        return 0.0
+def _claim_spatial(claim: RawClaim, frame: FrameTruth, truth: Truth, by_name: bool) -> float:
+    """`components.claim_score` after the gate: matching in the claim's nearest key frame, whose
+    ground truth `frame` is not empty. The claim's boxes are read only here, once its object is known
+    to be in the frame."""
     w, h = truth.wh
-    if run.object_match == "name":
+    if by_name:
         gt = frame.get(normalize_object_name(claim[0]))  # type: ignore[union-attr]
         if gt is None:
             return 0.0
@@ -307,6 +304,9 @@ def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth
         times = truth.times
         n_times = len(times)
         t0 = times[0]
+        at = truth._at  # truth.frame_at's memo, looked up inline (hot)
+        om = run.object_match
+        by_name = om == "name"
     for claim in claims:
         t = claim[2]
         if t is None or not has_frames:
@@ -321,7 +321,13 @@ def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth
                 k, d = i, di
         if not plain:
             prox.append(exp(-(d * d) / den))
-        spat.append(0.0 if gate is not None and d > gate else _claim_spatial(claim, k, truth, run))
+        if gate is not None and d > gate:
+            spat.append(0.0)
+            continue
+        frame = at.get(k)
+        if frame is None:
+            frame = truth.frame_at(k, om)
+        spat.append(_claim_spatial(claim, frame, truth, by_name) if frame else 0.0)
     if claims:
         s = sum(spat) / len(claims)
         spatial = 0.0 if not s > 0.0 else (1.0 if s > 1.0 else s)
@@ -361,7 +367,12 @@ def _predicted_span(text: str, answer: Span) -> tuple[float, float] | None:
     c, d = answer
     found = _T_TAG.findall(text, c, d)
     if len(found) >= 2:
-        s, e = parse_number(found[0]), parse_number(found[1])
+        get = _NUMBERS.get  # parse_number's memo, looked up inline (hot)
+        s, e = get(found[0], _MISSING), get(found[1], _MISSING)
+        if s is _MISSING:
+            s = parse_number(found[0])
+        if e is _MISSING:
+            e = parse_number(found[1])
         return None if s is None or e is None else (s, e)
     if not found:
         return parse_span_text(text[c : d if d - c <= 4096 else c + 4096])
