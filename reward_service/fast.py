@@ -289,6 +289,15 @@ def _match(pred: list[Box | None], gt: list[Box]) -> float:
         if s > best:
             best = s
         return best / 2
+    if n_pred == 1 or n_gt == 1:  # one side single: match_score's best pair, max() as comparisons
+        best = None
+        for p in pred:
+            if p is not None:
+                for g in gt:
+                    v = box_iou(p, g)
+                    if best is None or v > best:
+                        best = v
+        return (0.0 if best is None else best) / (n_pred if n_pred > n_gt else n_gt)
     return match_score(pred, gt)
 
 

@@ -204,3 +204,36 @@ def test_option_letter_reads_the_first_256_characters_without_copying_them():
 def test_claims_keep_their_public_shape():
     p = P.parse_completion("<think><obj> dog </obj><box>[1,2,3,4]</box> <box>[1,2,x,4]</box>at<t>2</t>s</think>")
     assert [(c.name, c.boxes, c.time, c.well_formed) for c in p.claims] == [("dog", [[1, 2, 3, 4], None], 2.0, False)]
+
+
+def test_form_match_proves_well_formed_and_finds_the_same_blocks():
+    """`FORM` is a sufficient condition: where it matches, the tag counts agree and its blocks are the
+    ones `str.find` locates; where it does not, `blocks` leaves `well_formed` to the counts."""
+    matched = 0
+    for text in _fuzz_texts(12, 6000):
+        think, answer, wf = P.blocks(text)
+        i = text.find("<think>")
+        j = -1 if i < 0 else text.find("</think>", i + 7)
+        k = text.find("<answer>")
+        m = -1 if k < 0 else text.find("</answer>", k + 8)
+        assert (think, answer) == ((None if j < 0 else (i + 7, j)), (None if m < 0 else (k + 8, m))), text
+        if wf is not None:
+            matched += 1
+            assert wf is True and P.form_by_counts(text, think, answer), text
+    assert matched > 150  # the fuzz set holds well-formed completions too: the shortcut is exercised
+
+
+def test_possessive_patterns_match_what_the_plain_patterns_match():
+    import re
+
+    plain = {
+        P._CLAIM: r"<obj>([^<]*)</obj>((?:\s*<box>[^<]*</box>)+)\s*at\s*<t>([^<]*)</t>\s*s",
+        P._BOX_TAG: r"<box>([^<]*)</box>",
+        P._T_TAG: r"<t>([^<]*)</t>",
+    }
+    texts = _fuzz_texts(13, 6000) + ["<obj>a</obj> \n<box>[1]</box>  <box>x</box>\tat \n<t>2</t> s",
+                                      "<obj>a</obj><box>1</box> <box>2</box> a <t>2</t>s", "<t></t><box></box>"]
+    for fast_rx, pattern in plain.items():
+        slow = re.compile(pattern)
+        for text in texts:
+            assert fast_rx.findall(text) == slow.findall(text), text
