@@ -33,6 +33,12 @@ _BOX = re.compile(rf"\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]\
 _CLAIM = re.compile(r"<obj>([^<]*+)</obj>((?:\s*+<box>[^<]*+</box>)++)\s*+at\s*+<t>([^<]*+)</t>\s*+s")
 _BOX_TAG = re.compile(r"<box>([^<]*+)</box>")
 _T_TAG = re.compile(r"<t>([^<]*+)</t>")
+_INT = r"([0-9]{1,60})"
+_INT_BOX = re.compile(rf"\[{_INT},{_INT},{_INT},{_INT}\]")
+"""`[int,int,int,int]` in ASCII digits, at most 60 per number: always a strict `_BOX` match, finite,
+within `MAX_BOX_CHARS`, and each number read by `float` as the strict path reads it."""
+_INT_BOX_TAG = re.compile(rf"\s*+<box>\[{_INT},{_INT},{_INT},{_INT}\]")
+_INT_BOX_TAGS = re.compile(rf"\s*+<box>\[{_INT},{_INT},{_INT},{_INT}\]</box>")
 _OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
 
@@ -75,7 +81,8 @@ class Claim:
 
 
 RawClaim = list
-"""`[name, box pieces (`\\s*<box>CONTENT` strings), time, boxes (None until `claim_boxes` reads them)]`."""
+"""`[name, box tags (the claim's `(\\s*<box>CONTENT</box>)+` as written), time, boxes (None until
+`claim_boxes` reads them)]`."""
 
 
 def parse_number(text: str) -> float | None:
@@ -121,14 +128,30 @@ def _parse_number_strict(text: str) -> float | None:
 
 def parse_box(text: str) -> list[float] | None:
     """`[x1, y1, x2, y2]` (four finite numbers) or None. Inverted boxes are returned as written:
-    the IoU step scores them 0. Fast path for the common `[int,int,int,int]` (ASCII digits only:
-    always a strict match, finite, and read the same by `float`); everything else is one bounded
-    regex match."""
-    if len(text) <= MAX_BOX_CHARS and text[:1] == "[" and text[-1:] == "]":
-        parts = text[1:-1].split(",")
-        if len(parts) == 4 and "" not in parts and text[1:-1].replace(",", "").isdigit() and text.isascii():
-            return list(map(float, parts))
+    the IoU step scores them 0. Fast path for the common `[int,int,int,int]` (`_INT_BOX`), its numbers
+    read through the number memo; everything else is one bounded regex match."""
+    m = _INT_BOX.fullmatch(text)
+    if m is not None:
+        return _int_box(*m.groups())
     return _parse_box_strict(text)
+
+
+def _int_box(a: str, b: str, c: str, d: str) -> list[float]:
+    """The box of four ASCII digit strings, each read through the number memo (pixel coordinates
+    repeat: a dict hit is several times cheaper than `float(str)`)."""
+    memo = _NUMBERS
+    try:
+        return [memo[a], memo[b], memo[c], memo[d]]
+    except KeyError:
+        return [_digits_number(a), _digits_number(b), _digits_number(c), _digits_number(d)]
+
+
+def _digits_number(text: str) -> float:
+    """`parse_number` of an ASCII digit string (at most 60 digits), memoised."""
+    if len(_NUMBERS) >= MAX_MEMO_NUMBERS:
+        _NUMBERS.clear()
+    v = _NUMBERS[text] = float(text)
+    return v
 
 
 def _parse_box_strict(text: str) -> list[float] | None:
@@ -174,14 +197,11 @@ def parse_claims(text: str, a: int, b: int) -> tuple[list[RawClaim], int]:
     tags = 0
     memo = _NUMBERS.get
     for name, boxes, t in _CLAIM.findall(text, a, b):
-        # `boxes` is `(\s*<box>[^<]*</box>)+`: splitting at `</box>` leaves `\s*<box>CONTENT`
-        # pieces (and a last empty one)
-        pieces = boxes.split("</box>")
-        tags += 2 + 2 * len(pieces)  # <obj></obj>, <box></box> per box, <t></t>
+        # `boxes` is `(\s*<box>[^<]*</box>)+`: one `</box>` per box
+        tags += 4 + 2 * boxes.count("</box>")  # <obj></obj>, <box></box> per box, <t></t>
         if len(name) <= MAX_NAME_CHARS:
-            pieces.pop()
             v = memo(t, _MISSING)  # parse_number(t), its memo looked up inline (hot)
-            out.append([name.strip(), pieces, parse_number(t) if v is _MISSING else v, None])
+            out.append([name.strip(), boxes, parse_number(t) if v is _MISSING else v, None])
     return out, tags
 
 
@@ -295,7 +315,7 @@ class ParsedCompletion:
 
     @property
     def raw_claims(self) -> list[RawClaim]:
-        """The claims as `[name, box pieces, time, boxes]` lists whose boxes are read on first use
+        """The claims as `[name, box tags, time, boxes]` lists whose boxes are read on first use
         (`claim_boxes`): the reward's hot path reads them only for claims that pass the gate."""
         if self._raw_claims is None:
             self._raw_claims = [] if self._think is None else self._parse_claims(*self._think)
@@ -337,21 +357,22 @@ class ParsedCompletion:
 
 
 def claim_boxes(claim: RawClaim) -> list[list[float] | None]:
-    """The boxes of a raw claim, read once (then kept in it)."""
+    """The boxes of a raw claim, read once (then kept in it). The common one-box claim written
+    `<box>[int,int,int,int]</box>` is read by one match; otherwise each box by `parse_box`'s fast path
+    on the piece itself, or `parse_box`."""
     boxes = claim[3]
     if boxes is None:
-        boxes = claim[3] = []
-        for x in claim[1]:
-            # parse_box's fast path, on the piece itself when it is exactly `<box>[int,int,int,int]`
-            # (four non-empty ASCII digit runs between three commas: one check on the commas-removed
-            # inside, the float conversions in one C-level map)
-            if x[:6] == "<box>[" and x[-1:] == "]" and len(x) <= MAX_BOX_CHARS + 5:
-                inside = x[6:-1]
-                parts = inside.split(",")
-                if len(parts) == 4 and "" not in parts and inside.replace(",", "").isdigit() and x.isascii():
-                    boxes.append(list(map(float, parts)))
-                    continue
-            boxes.append(parse_box(x[x.find("<box>") + 5 :]))
+        raw = claim[1]
+        m = _INT_BOX_TAGS.fullmatch(raw)
+        if m is not None:
+            boxes = [_int_box(*m.groups())]
+        else:
+            boxes = []
+            # splitting at `</box>` leaves `\s*<box>CONTENT` pieces (and a last empty one)
+            for x in raw.split("</box>")[:-1]:
+                m = _INT_BOX_TAG.fullmatch(x)
+                boxes.append(_int_box(*m.groups()) if m is not None else parse_box(x[x.find("<box>") + 5 :]))
+        claim[3] = boxes
     return boxes
 
 

@@ -183,14 +183,18 @@ def test_number_and_box_fast_paths_equal_the_strict_readings():
     chars = "0123456789.,[]+-e _\u0663\u00b2 nai"
     texts = ["".join(rng.choices(chars, k=rng.randint(0, 12))) for _ in range(30000)]
     texts += ["5", "5.", ".5", ".", "", "1.2.3", "9" * 64, "9" * 65, "[1,2,3,4]", "[1, 2,3,4]", "[1,2,3,4,5]",
+              "[" + "9" * 60 + ",1,2,3]", "[" + "9" * 61 + ",1,2,3]", "[" + ",".join(["9" * 63] * 4) + "]",
+              "[" + ",".join(["9" * 64] * 4) + "]", "[1,2,3,4]x", "[1,2,3]", "[1,2,3,4][5,6,7,8]", "[007,0,0,1]",
               "[" + "9" * 300 + ",1,2,3]", "[\u0663,1,2,3]", "[1,2,3,\u00b2]", "[,1,2,3]", "[1,2,3,]"]
     for t in texts:
         P.reset_caches()
         assert P.parse_number(t) == P._parse_number_strict(t), t
         assert P.parse_number(t) == P._parse_number_strict(t), t  # memoised
         assert P.parse_box(t) == P._parse_box_strict(t), t
-        claim = ["x", [f"<box>{t}", f" <box>{t}"], 1.0, None]
+        claim = ["x", f"<box>{t}</box> <box>{t}</box>", 1.0, None]
         assert P.claim_boxes(claim) == [P._parse_box_strict(t)] * 2, t
+        claim = ["x", f"<box>{t}</box>", 1.0, None]
+        assert P.claim_boxes(claim) == [P._parse_box_strict(t)], t
 
 
 def test_option_letter_reads_the_first_256_characters_without_copying_them():
