@@ -220,7 +220,7 @@ def _claim_spatial(claim: RawClaim, frame: FrameTruth, truth: Truth, by_name: bo
     """`components.claim_score` after the gate: matching in the claim's nearest key frame, whose
     ground truth `frame` is not empty. The claim's boxes are read only here, once its object is known
     to be in the frame."""
-    w, h = truth.wh
+    w, h = truth._wh or truth.wh  # the property's slot read inline once built (hot)
     if by_name:
         gt = frame.get(normalize_object_name(claim[0]))  # type: ignore[union-attr]
         if gt is None:
