@@ -396,7 +396,7 @@ Scored = tuple[dict[str, float], float]
 
 
 def score_spatio_temporal(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
-    claims = [] if think is None else parse_claims(text, think[0], think[1])[0]
+    claims = [] if think is None else parse_claims(text, think[0], think[1])
     if wf is None:
         wf = form_by_counts(text, think, answer)
     if not wf:

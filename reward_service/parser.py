@@ -191,18 +191,19 @@ def form_by_counts(text: str, think: tuple[int, int] | None, answer: tuple[int, 
     return all(text.count(f"<{n}>", a, b) == text.count(f"</{n}>", a, b) for n in ("obj", "box", "t"))
 
 
-def parse_claims(text: str, a: int, b: int) -> tuple[list[RawClaim], int]:
-    """The claims in `text[a:b]` as raw claims (see `RawClaim`), and how many `<` their tags hold."""
+def parse_claims(text: str, a: int, b: int) -> list[RawClaim]:
+    """The claims in `text[a:b]` as raw claims (see `RawClaim`)."""
+    return _raw_claims(_CLAIM.findall(text, a, b))
+
+
+def _raw_claims(found: list[tuple[str, str, str]]) -> list[RawClaim]:
     out: list[RawClaim] = []
-    tags = 0
     memo = _NUMBERS.get
-    for name, boxes, t in _CLAIM.findall(text, a, b):
-        # `boxes` is `(\s*<box>[^<]*</box>)+`: one `</box>` per box
-        tags += 4 + 2 * boxes.count("</box>")  # <obj></obj>, <box></box> per box, <t></t>
+    for name, boxes, t in found:
         if len(name) <= MAX_NAME_CHARS:
             v = memo(t, _MISSING)  # parse_number(t), its memo looked up inline (hot)
             out.append([name.strip(), boxes, parse_number(t) if v is _MISSING else v, None])
-    return out, tags
+    return out
 
 
 def times_in(text: str, span: tuple[int, int] | None) -> list[float | None]:
@@ -322,7 +323,10 @@ class ParsedCompletion:
         return self._raw_claims
 
     def _parse_claims(self, a: int, b: int) -> list[RawClaim]:
-        out, tags = parse_claims(self.text, a, b)
+        found = _CLAIM.findall(self.text, a, b)
+        # <obj></obj>, <t></t>, and <box></box> per box (`(\s*<box>[^<]*</box>)+`: one `</box>` each)
+        tags = sum(4 + 2 * boxes.count("</box>") for _, boxes, _ in found)
+        out = _raw_claims(found)
         if tags > self._think_tags:
             self._think_tags = tags
         return out

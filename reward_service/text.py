@@ -24,6 +24,7 @@ one-sentence truth scores ~0 anyway, and it bounds the work per sample)."""
 
 _ARTICLES = frozenset({"a", "an", "the"})
 _WORDS = re.compile(r"[a-z0-9]+")
+_PLAIN = re.compile(r"[a-z0-9 ]*+").fullmatch
 
 
 class _Tokenizer:
@@ -65,7 +66,7 @@ class _Tokenizer:
         # every run is [a-z0-9]+ (stems of such words too), so the library's final VALID_TOKEN_RE
         # filter drops nothing
         low = text.lower()
-        if low.isascii() and low.replace(" ", "").isalnum():
+        if _PLAIN(low) is not None:
             words = low.split()  # only [a-z0-9] and spaces: the runs are the space-separated words
         else:
             words = _WORDS.findall(low)
