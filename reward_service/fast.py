@@ -33,7 +33,7 @@ from stgrl.reward_service.components import (
     truth_span,
 )
 from stgrl.reward_service.config import RewardConfig
-from stgrl.reward_service.geometry import box_iou, clamp_box, interval_iou, match_score
+from stgrl.reward_service.geometry import ENUMERATION_LIMIT, box_iou, clamp_box, interval_iou, match_score
 from stgrl.reward_service.parser import (
     _BOX_TAG,
     _MISSING,
@@ -298,6 +298,27 @@ def _match(pred: list[Box | None], gt: list[Box]) -> float:
                     if best is None or v > best:
                         best = v
         return (0.0 if best is None else best) / (n_pred if n_pred > n_gt else n_gt)
+    if (n_pred == 2 and 2 < n_gt <= ENUMERATION_LIMIT) or (n_gt == 2 and 2 < n_pred <= ENUMERATION_LIMIT):
+        # two rows (the smaller side) against 3-4 columns: _best_assignment_sum's enumeration of the
+        # column pairs, in `permutations` order, on the same (transposed when pred is larger) matrix
+        if n_pred == 2:
+            p0, p1 = pred
+            r0 = [0.0 if p0 is None else box_iou(p0, g) for g in gt]
+            r1 = [0.0 if p1 is None else box_iou(p1, g) for g in gt]
+        else:
+            g0, g1 = gt
+            r0 = [0.0 if p is None else box_iou(p, g0) for p in pred]
+            r1 = [0.0 if p is None else box_iou(p, g1) for p in pred]
+        cols = len(r0)
+        best = 0.0
+        for c0 in range(cols):
+            a = r0[c0]
+            for c1 in range(cols):
+                if c1 != c0:
+                    s = 0.0 + a + r1[c1]
+                    if s > best:
+                        best = s
+        return best / cols
     return match_score(pred, gt)
 
 

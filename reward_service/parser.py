@@ -139,11 +139,12 @@ def parse_box(text: str) -> list[float] | None:
 def _int_box(a: str, b: str, c: str, d: str) -> list[float]:
     """The box of four ASCII digit strings, each read through the number memo (pixel coordinates
     repeat: a dict hit is several times cheaper than `float(str)`)."""
-    memo = _NUMBERS
-    try:
-        return [memo[a], memo[b], memo[c], memo[d]]
-    except KeyError:
-        return [_digits_number(a), _digits_number(b), _digits_number(c), _digits_number(d)]
+    get = _NUMBERS.get  # (a digit string's memoised value is never None)
+    x1, y1, x2, y2 = get(a), get(b), get(c), get(d)
+    if x1 is None or y1 is None or x2 is None or y2 is None:  # a miss: only those are read
+        return [_digits_number(a) if x1 is None else x1, _digits_number(b) if y1 is None else y1,
+                _digits_number(c) if x2 is None else x2, _digits_number(d) if y2 is None else y2]
+    return [x1, y1, x2, y2]
 
 
 def _digits_number(text: str) -> float:

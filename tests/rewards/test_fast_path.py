@@ -241,3 +241,17 @@ def test_possessive_patterns_match_what_the_plain_patterns_match():
         slow = re.compile(pattern)
         for text in texts:
             assert fast_rx.findall(text) == slow.findall(text), text
+
+
+def test_unrolled_matching_equals_match_score_for_every_small_shape():
+    from stgrl.reward_service.fast import _match
+    from stgrl.reward_service.geometry import match_score
+
+    rng = random.Random(6)
+    for _ in range(4000):
+        n_pred, n_gt = rng.randint(1, 5), rng.randint(0, 5)
+        pred = [None if rng.random() < 0.15 else _box(rng) for _ in range(n_pred)]
+        gt = [_box(rng) for _ in range(n_gt)]
+        if rng.random() < 0.2 and gt:  # ties: a duplicated box
+            pred[0] = list(gt[0]) if pred[0] is not None else None
+        assert _match(pred, gt) == match_score(pred, gt), (pred, gt)
