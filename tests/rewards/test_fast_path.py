@@ -255,3 +255,12 @@ def test_unrolled_matching_equals_match_score_for_every_small_shape():
         if rng.random() < 0.2 and gt:  # ties: a duplicated box
             pred[0] = list(gt[0]) if pred[0] is not None else None
         assert _match(pred, gt) == match_score(pred, gt), (pred, gt)
+
+
+def test_claim_boxes_of_several_boxes_equal_the_strict_readings():
+    rng = random.Random(8)
+    forms = ["[1,2,3,4]", "[10,20,300,400]", "[1, 2,3,4]", "[1,2,3]", "[007,0,0,1]", "[" + "9" * 61 + ",1,2,3]", "[x]"]
+    for _ in range(3000):
+        contents = [rng.choice(forms) for _ in range(rng.randint(1, 4))]
+        raw = "".join(rng.choice(["", " ", "\n"]) + f"<box>{c}</box>" for c in contents)
+        assert P.claim_boxes(["x", raw, 1.0, None]) == [P._parse_box_strict(c) for c in contents], raw
