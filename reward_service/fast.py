@@ -11,9 +11,12 @@ floats, bit for bit, on generated groups of realistic and malformed completions.
   value) and reuses a `Truth`: the truth's option letter, its ROUGE profile, the temporal span, the
   frame size, the key-frame times, each key frame's objects with normalised names and clamped
   boxes, the clamped image boxes - none of it is recomputed per completion.
-- **One function per task**, reading only the parts of the parse its components need; the nearest
-  key frame of a claim is found once and shared by proximity and the gate; a claim on an object the
-  key frame does not hold is dropped before its boxes are normalised.
+- **One function per task**, called with the completion and its blocks as plain spans
+  (`parser.blocks`, whose one-pass `FORM` match also proves `well_formed` in the common case) and
+  reading only the parts its components need through the parser's module functions - no
+  `ParsedCompletion` object per sample; the nearest key frame of a claim is found once and shared by
+  proximity and the gate; a claim on an object the key frame does not hold is dropped before its
+  boxes are normalised.
 - **No per-component dispatch**: no name loop, no `getattr` for weights, no dict rebuilt for the total.
 
 Arithmetic is the same as in `components.py`/`geometry.py`, operation for operation (the same

@@ -10,8 +10,11 @@ run across tags, so on a completion with many `<obj>` and no `</obj>` every star
 quadratic, and a policy under RL finds such outputs. Here every variable part is `[^<]*`: it cannot
 cross a `<`, and every match attempt starts at a `<`, so attempts cover disjoint stretches of text
 and backtracking stays inside one stretch (O(n) in total; `test_properties` checks 0.5 MB vs 1 MB).
-Blocks are found with `str.find`/`str.count`, so all the scanning happens in C: the parser is called
-once per sample and its parts are built on first use (the reference re-parses per component).
+Blocks are found by one `FORM` match (the common well-formed completion: blocks and `well_formed`
+at once), else with `str.find`/`str.count`, so all the scanning happens in C: the parser is called
+once per sample and its parts are built on first use (the reference re-parses per component). The
+module functions (`blocks`, `parse_claims`, `times_in`, `claim_boxes`, `parse_box`) are what the
+reward's fast path calls on plain spans; `ParsedCompletion` is the same reading as an object.
 
 Numbers are read with a strict pattern on bounded slices: NaN, inf, `1_000` or a 1 MB digit string
 are rejected, never raised. Whitespace is tolerated between the pieces of a claim
