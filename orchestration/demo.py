@@ -71,6 +71,21 @@ def ensure_data(cfg: Config) -> None:
     write_vstar(vstar, out / "eval_vstar.json")
 
 
+def prepare_model_and_data(cfg: Config) -> None:
+    """Model (build + base pretraining) and dataset (synthesis), side by side when both are missing:
+    each is single-threaded, so on a 2-core laptop this saves the shorter of the two (minutes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    need_data = not (Path(cfg.data.train).is_file() and Path(cfg.data.eval).is_file())
+    if not need_data:
+        ensure_model(cfg)
+        return
+    with ProcessPoolExecutor(1) as pool:
+        data = pool.submit(ensure_data, cfg)
+        ensure_model(cfg)
+        data.result()
+
+
 def run_demo(cfg: Config, config_path: str | None, overrides: list[str], run_dir: Path,
              eval_samples: int, use_jobs: bool) -> Path:
     from stgrl.orchestration.eval_run import evaluate_model
@@ -78,8 +93,7 @@ def run_demo(cfg: Config, config_path: str | None, overrides: list[str], run_dir
     from stgrl.orchestration.stage_support import load_split
 
     t0 = time.perf_counter()
-    ensure_model(cfg)
-    ensure_data(cfg)
+    prepare_model_and_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     evals, dataset_dir = load_split(cfg.data.eval, "eval")
     vstar = Path(cfg.data.eval).parent / "eval_vstar.json"
