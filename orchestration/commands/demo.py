@@ -20,7 +20,8 @@ on a local cluster, evaluate after each, and write <run-dir>/report.md with plot
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--run-dir", default=None, help="run directory (default: <run.out_dir>/<run.name>)")
-    parser.add_argument("--eval-samples", type=int, default=64, help="held-out samples per evaluation")
+    parser.add_argument("--eval-samples", type=int, default=128,
+                        help="held-out samples per evaluation (default: %(default)s, 32 per task)")
     parser.add_argument("--in-process", action="store_true",
                         help="run SFT and RL in this process instead of as chained Ray jobs")
 
