@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from msgspec import Struct, field
@@ -46,7 +47,7 @@ class VisionPretrainSpec(Struct, frozen=True, kw_only=True):
     max_objects: int = 3
     object_size: int = 20
     """Drawn inset in its 28 px cell, as the easy rung draws them."""
-    floor: str = "cells"
+    floor: Literal["plain", "cells"] = "cells"
     """Background: "cells" (per-cell shades, the easy rung's floor) or "plain" (black)."""
     pool_size: int = 2048
     """Frames are drawn once into a pool of processed pixels and batches sampled from it (the image
@@ -140,7 +141,7 @@ def pretrain_vision(model, processor, spec: VisionPretrainSpec,
         loss.backward()
         opt.step()
         if progress is not None:
-            progress(step, {"loss": float(loss), **acc})
+            progress(step, {"loss": float(loss.detach()), **acc})
     visual.eval()
     with torch.no_grad():
         _, acc = loss_and_acc(eval_px, eval_t, torch.arange(eval_px.shape[0]))
@@ -163,7 +164,7 @@ class CaptionPretrainSpec(Struct, frozen=True, kw_only=True):
     lr: float = 2e-3
     warmup_steps: int = 20
     pool_size: int = 3000
-    difficulty: str = "easy"
+    difficulty: Literal["easy", "medium", "hard"] = "easy"
     seed: int = 0
 
 
