@@ -68,8 +68,10 @@ class Ctx:
         return [box[0] * self.sx, box[1] * self.sy, box[2] * self.sx, box[3] * self.sy]
 
     def norm(self, box: Box) -> list[float]:
+        """Box as fractions of the frame. 10 decimals: with 4, an easy box inset 4 px in a 112 px
+        frame (4/112 = 0.0357…) came back 0.002 px off, so a perfect claim scored IoU 0.9997."""
         w, h = self.scene.width, self.scene.height
-        return [round(box[0] / w, 4), round(box[1] / h, 4), round(box[2] / w, 4), round(box[3] / h, 4)]
+        return [round(box[0] / w, 10), round(box[1] / h, 10), round(box[2] / w, 10), round(box[3] / h, 10)]
 
     def claim(self, name: str, i: int) -> str:
         box = self.scene.obj(name).boxes[i]
