@@ -19,33 +19,31 @@ log = logging.getLogger(__name__)
 def ensure_model(cfg: Config) -> None:
     """Build the embedded model and run its base pretraining when `model.path` holds no model yet
     (an interrupted pretraining is redone: the model is only marked pretrained at the end)."""
+    from stgrl.rollout.base_pretrain import is_pretrained
     from stgrl.rollout.tiny_model import build_tiny_model
 
     path = Path(cfg.model.path)
-    if (path / "config.json").is_file() and not (path / "stgrl_tiny_model.json").is_file():
-        return  # a user's own checkpoint: never touched
-    fresh = not (path / "config.json").is_file()
-    if fresh:
+    vision, captions = cfg.model.pretrain_vision_steps, cfg.model.pretrain_caption_steps
+    if not (path / "config.json").is_file():
         log.info("building the embedded tiny model in %s", path)
         build_tiny_model(path, seed=cfg.model.init_seed)
-    pretrain_embedded_model(path, cfg.model.pretrain_vision_steps, cfg.model.pretrain_caption_steps,
-                            cfg.model.init_seed, only_if_fresh=not fresh)
+        pretrain_embedded_model(path, vision, captions, cfg.model.init_seed)
+    elif (path / "stgrl_tiny_model.json").is_file() and (vision or captions) and not is_pretrained(path):
+        # an embedded model built before base pretraining existed; a user's own checkpoint (no
+        # stgrl_tiny_model.json) is never touched
+        log.warning("%s holds an embedded model without base pretraining (built by an older stgrl); "
+                    "rebuild it with `stgrl init-model --force` to get a model that sees", path)
 
 
-def pretrain_embedded_model(path: Path, vision_steps: int, caption_steps: int, seed: int,
-                            only_if_fresh: bool = False) -> None:
+def pretrain_embedded_model(path: Path, vision_steps: int, caption_steps: int, seed: int) -> None:
     """Base pretraining with a progress bar (skipped when already done, or when both step counts
-    are 0). `only_if_fresh`: a model built before pretraining existed is left as it is."""
+    are 0)."""
     import msgspec
 
     from stgrl.orchestration.stage_support import stage_progress
     from stgrl.rollout.base_pretrain import BasePretrainSpec, is_pretrained, pretrain_model_dir
 
     if (vision_steps == 0 and caption_steps == 0) or is_pretrained(path):
-        return
-    if only_if_fresh:
-        log.warning("%s holds an embedded model without base pretraining (built by an older stgrl); "
-                    "rebuild it with `stgrl init-model --force` to get a model that sees", path)
         return
     base = BasePretrainSpec()
     spec = BasePretrainSpec(vision=msgspec.structs.replace(base.vision, steps=vision_steps, seed=seed),

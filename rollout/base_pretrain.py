@@ -212,22 +212,21 @@ def swap_pixels(examples: list[dict]) -> list[dict]:
 def caption_eval(model, examples: list[dict], pad_id: int) -> dict[str, float]:
     """Target-token loss and the share of examples whose every target token is the argmax."""
     import torch
-    import torch.nn.functional as F
 
-    from stgrl.learner.sft import IGNORE, collate
+    from stgrl.learner.sft import IGNORE, collate, sft_loss
 
     model.eval()
     nll = tokens = exact = 0.0
     with torch.no_grad():
         for i in range(0, len(examples), 16):
             batch = collate(examples[i:i + 16], pad_id)
-            labels = batch.pop("labels")[:, 1:]
-            logits = model(**batch, use_cache=False).logits[:, :-1]
-            keep = labels != IGNORE
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                         ignore_index=IGNORE, reduction="sum"))
-            tokens += float(keep.sum())
-            exact += float(((logits.argmax(-1) == labels) | ~keep).all(-1).sum())
+            labels = batch.pop("labels")
+            logits = model(**batch, use_cache=False).logits
+            loss, metrics = sft_loss(logits, labels)
+            nll += float(loss) * metrics["target_tokens"]
+            tokens += metrics["target_tokens"]
+            keep = labels[:, 1:] != IGNORE
+            exact += float(((logits[:, :-1].argmax(-1) == labels[:, 1:]) | ~keep).all(-1).sum())
     model.train()
     return {"loss": nll / tokens, "exact": exact / len(examples)}
 
@@ -239,9 +238,8 @@ def pretrain_captions(model, processor, spec: CaptionPretrainSpec,
     import math
 
     import torch
-    import torch.nn.functional as F
 
-    from stgrl.learner.sft import IGNORE, collate
+    from stgrl.learner.sft import collate, sft_loss
 
     t0 = time.perf_counter()
     pad_id = processor.tokenizer.pad_token_id
@@ -255,9 +253,8 @@ def pretrain_captions(model, processor, spec: CaptionPretrainSpec,
         for group in opt.param_groups:
             group["lr"] = spec.lr * warm * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
         batch = collate(rng.sample(train, spec.batch_size), pad_id)
-        labels = batch.pop("labels")[:, 1:]
-        logits = model(**batch, use_cache=False).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        labels = batch.pop("labels")
+        loss, _ = sft_loss(model(**batch, use_cache=False).logits, labels)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
