@@ -23,6 +23,8 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     grad_clip: PosFloat = 1.0
     num_minibatches: PosInt = 4
     loss: Literal["gspo", "gspo_token"] = "gspo"
+    advantage_scale: Literal["std", "none"] = "std"
+    """Group advantage: (r - mean) / std (GSPO paper) or r - mean ("none", Dr. GRPO; see gspo.group_advantages)."""
     eps_low: Annotated[float, Meta(gt=0.0, lt=1.0)] = 3e-4
     eps_high: Annotated[float, Meta(gt=0.0)] = 4e-4
     kl_beta: NonNegFloat = 0.0

@@ -24,35 +24,45 @@ logger = logging.getLogger(__name__)
 
 ADV_EPS = 1e-6
 """``A = (r - mean) / (std + ADV_EPS)`` as in DESIGN 4."""
+ADVANTAGE_SCALES = ("std", "none")
+"""`group_advantages` scales: divide by the group's reward std (GRPO/GSPO) or not (Dr. GRPO)."""
 ZERO_STD_TOL = 1e-8
 """A group whose reward std is below this gives no gradient (all its advantages are 0)."""
 
 
-def group_advantages(rewards: Tensor) -> tuple[Tensor, Tensor]:
+def group_advantages(rewards: Tensor, scale: str = "std") -> tuple[Tensor, Tensor]:
     """Group-normalised advantages ``A_i = (r_i - mean(r)) / (std(r) + 1e-6)`` per prompt.
 
     ``rewards``: ``[N, G]``. Returns ``(adv [N, G], zero_std [N] bool)``. The std is the population
     std (``correction=0``) so a group of 2 is well defined; zero-std groups get exactly 0 advantage
     (not ``0 / 1e-6`` noise) and are flagged so the caller can count them.
+
+    ``scale="none"`` drops the division (``A_i = r_i - mean(r)``, Dr. GRPO). Why: our rewards have
+    continuous components (IoU, proximity), so almost every group has a small nonzero std, and dividing
+    by it blows a 0.01 IoU wobble up to a +-1 advantage — as loud as a right-vs-wrong answer in another
+    group. Without it a group's weight is its real reward spread.
     """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [N, G], got shape {tuple(rewards.shape)}")
     r = rewards.to(torch.float64)
     mean = r.mean(dim=1, keepdim=True)
     std = r.std(dim=1, keepdim=True, correction=0)
     zero_std = std.squeeze(1) < ZERO_STD_TOL
-    adv = (r - mean) / (std + ADV_EPS)
+    adv = (r - mean) / (std + ADV_EPS) if scale == "std" else r - mean
     adv = torch.where(zero_std.unsqueeze(1), torch.zeros_like(adv), adv)
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32), zero_std
 
 
-def group_advantages_reference(rewards: list[list[float]]) -> list[list[float]]:
+def group_advantages_reference(rewards: list[list[float]], scale: str = "std") -> list[list[float]]:
     """Plain-Python twin of :func:`group_advantages` (STYLE 8), used by tests to check the vector code."""
     out = []
     for group in rewards:
         mean = sum(group) / len(group)
         std = (sum((x - mean) ** 2 for x in group) / len(group)) ** 0.5
-        out.append([0.0 if std < ZERO_STD_TOL else (x - mean) / (std + ADV_EPS) for x in group])
+        div = std + ADV_EPS if scale == "std" else 1.0
+        out.append([0.0 if std < ZERO_STD_TOL else (x - mean) / div for x in group])
     return out
 
 

@@ -1,8 +1,9 @@
 """One GSPO update on a rank's shard of a rollout batch (DESIGN 4).
 
 Order of work, the fix of the reference code's defect: ``log pi_old`` is computed ONCE for the whole
-shard with the weights the batch starts from (no grad), then ``num_minibatches`` optimizer steps
-follow — so from the second minibatch on the ratios differ from 1 and clipping can act.
+shard with the weights the batch starts from (no grad; minibatch 0 reuses its own first forward), then
+``num_minibatches`` optimizer steps follow — so from the second minibatch on the ratios differ from 1
+and clipping can act.
 
 The model is run in eval mode (dropout off) for both the old and the current log-probs, so a ratio
 measures only how the weights moved.
@@ -37,11 +38,11 @@ def _pairs(groups: Sequence[ScoredGroup]):
     return [(g.model_inputs, g.completion_ids) for g in groups]
 
 
-def _advantages(groups: Sequence[ScoredGroup]) -> tuple[Tensor, int]:
+def _advantages(groups: Sequence[ScoredGroup], scale: str) -> tuple[Tensor, int]:
     """Per-sequence advantages (groups may differ in size) and the number of zero-std groups."""
     advs, zero = [], 0
     for g in groups:
-        adv, zs = group_advantages(torch.as_tensor([g.rewards], dtype=torch.float32))
+        adv, zs = group_advantages(torch.as_tensor([g.rewards], dtype=torch.float32), scale)
         advs.append(adv[0])
         zero += int(zs.sum())
     return torch.cat(advs), zero
@@ -65,11 +66,15 @@ def rl_update(engine: LearnerEngine, groups: Sequence[ScoredGroup], temperature:
     mbs = minibatches(list(groups), cfg.num_minibatches)
 
     t0 = time.perf_counter()
-    old: list[tuple[Tensor, Tensor]] = []
+    # Minibatch 0 is trained with the weights the batch starts from, so its old log-probs are its own
+    # forward's, detached (bit-identical to a separate no-grad pass, tested): only minibatches 1.. need
+    # the extra pass, which saves 1/num_minibatches of it.
+    old: list[tuple[Tensor, Tensor] | None] = [None]
     refs: list[Tensor | None] = []
     with torch.no_grad():
-        for mb in mbs:
-            old.append(batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature))
+        for i, mb in enumerate(mbs):
+            if i > 0:
+                old.append(batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature))
             if engine.ref_model is not None:
                 refs.append(batched_completion_logprobs(engine.ref_model, _pairs(mb), engine.pad_id, temperature)[0])
             else:
@@ -80,14 +85,15 @@ def rl_update(engine: LearnerEngine, groups: Sequence[ScoredGroup], temperature:
     time_fwd = 0.0
     gap_sum, gap_tokens = 0.0, 0
     tokens = 0
-    for mb, (old_lp, mask), ref_lp in zip(mbs, old, refs):
-        adv, _ = _advantages(mb)
+    for mb, old_pair, ref_lp in zip(mbs, old, refs):
+        adv, _ = _advantages(mb, cfg.advantage_scale)
+        tf = time.perf_counter()
+        logp, mask = batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature)
+        old_lp = logp.detach() if old_pair is None else old_pair[0]
         behav = pad_rows([lp for g in mb for lp in g.behaviour_logprobs], mask.shape[1]).to(device)
         gap_sum += float(((old_lp - behav).abs() * mask).sum())
         gap_tokens += int(mask.sum())
         is_w = truncated_is_weights(old_lp, behav, mask, cfg.is_cap) if cfg.use_is_weights else None
-        tf = time.perf_counter()
-        logp, _ = batched_completion_logprobs(model, _pairs(mb), engine.pad_id, temperature)
         loss, metrics = loss_fn(logp, old_lp, adv.to(device), mask, cfg.eps_low, cfg.eps_high,
                                 is_weights=is_w, ref_logp=ref_lp, kl_beta=cfg.kl_beta)
         time_fwd += time.perf_counter() - tf
@@ -101,7 +107,7 @@ def rl_update(engine: LearnerEngine, groups: Sequence[ScoredGroup], temperature:
     for key in per_mb[0]:
         vals = [m[key] for m in per_mb if key in m]
         out[key] = sum(vals) if key.startswith("time_") else sum(vals) / len(vals)
-    _, zero_std = _advantages(groups)
+    _, zero_std = _advantages(groups, cfg.advantage_scale)
     out |= {
         "ratio_abs_dev_first": per_mb[0]["ratio_abs_dev"],
         "ratio_abs_dev_last": per_mb[-1]["ratio_abs_dev"],

@@ -1,7 +1,7 @@
 """`stgrl demo` / `make demo`: the whole pipeline on the embedded default, end to end.
 
-init-model -> data synth -> held-out eval (untrained) -> SFT Ray job -> RL Ray job -> held-out
-eval after SFT and after RL -> report. Every step that already has its output on disk (model,
+init-model -> data synth -> held-out eval (untrained, beside the SFT job) -> SFT Ray job -> RL Ray
+job -> held-out eval after SFT and after RL (side by side) -> report. Every step that already has its output on disk (model,
 dataset) is reused, so a second run starts training at once.
 """
 
@@ -84,35 +84,56 @@ def prepare_model_and_data(cfg: Config) -> None:
         data.result()
 
 
-def run_demo(cfg: Config, config_path: str | None, overrides: list[str], run_dir: Path,
-             eval_samples: int, use_jobs: bool) -> Path:
+def _evaluate(cfg: Config, model: str, out_dir: Path, eval_samples: int, eval_sampled: int) -> dict:
+    """One held-out evaluation in a worker process (each single-threaded, so two run side by side)."""
     from stgrl.orchestration.eval_run import evaluate_model
-    from stgrl.orchestration.report import write_report
     from stgrl.orchestration.stage_support import load_split
+
+    evals, dataset_dir = load_split(cfg.data.eval, "eval")
+    vstar = Path(cfg.data.eval).parent / "eval_vstar.json"
+    return evaluate_model(cfg, model, evals, dataset_dir, out_dir, max_samples=eval_samples,
+                          vstar_annotations=vstar, sampled=eval_sampled)
+
+
+def run_demo(cfg: Config, config_path: str | None, overrides: list[str], run_dir: Path,
+             eval_samples: int, use_jobs: bool, eval_sampled: int = 4) -> Path:
+    """The whole pipeline. The evaluations run in worker processes next to the work that leaves a
+    core free: the untrained model's beside the SFT job (one learner rank), and the after-SFT and
+    after-RL ones side by side at the end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stgrl.orchestration.report import write_report
 
     t0 = time.perf_counter()
     prepare_model_and_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    evals, dataset_dir = load_split(cfg.data.eval, "eval")
-    vstar = Path(cfg.data.eval).parent / "eval_vstar.json"
     results: dict[str, dict] = {}
-    log.info("held-out evaluation of the untrained model")
-    results["untrained"] = evaluate_model(cfg, cfg.model.path, evals, dataset_dir, run_dir / "eval" / "untrained",
-                                          max_samples=eval_samples, vstar_annotations=vstar)
-    if use_jobs:
-        from stgrl.orchestration.jobs import run_chain
-        from stgrl.orchestration.ray_setup import local_resources
+    phases = {"untrained": cfg.model.path, "after SFT": str(run_dir / "sft" / "hf"),
+              "after RL": str(run_dir / "rl" / "hf")}
 
-        run_chain(config_path, overrides, run_dir, None, local_resources(cfg), timeout_s=3600)
-    else:
-        from stgrl.orchestration.stages import run_rl_stage, run_sft_stage
+    def submit(pool: ProcessPoolExecutor, phase: str):
+        log.info("held-out evaluation %s (%d samples, greedy%s)", phase if phase != "untrained" else
+                 "of the untrained model", eval_samples, f" + {eval_sampled} sampled each" if eval_sampled else "")
+        return pool.submit(_evaluate, cfg, phases[phase], run_dir / "eval" / phase.replace(" ", "_"),
+                           eval_samples, eval_sampled)
 
-        sft = run_sft_stage(cfg, run_dir)
-        run_rl_stage(cfg, run_dir, init_from=str(sft))
-    for phase, path in (("after SFT", run_dir / "sft" / "hf"), ("after RL", run_dir / "rl" / "hf")):
-        log.info("held-out evaluation %s", phase)
-        results[phase] = evaluate_model(cfg, path, evals, dataset_dir, run_dir / "eval" / phase.replace(" ", "_"),
-                                        max_samples=eval_samples, vstar_annotations=vstar)
+    # spawn: a forked child would inherit this process's Ray/torch state
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        untrained = submit(pool, "untrained")
+        if use_jobs:
+            from stgrl.orchestration.jobs import run_chain
+            from stgrl.orchestration.ray_setup import local_resources
+
+            run_chain(config_path, overrides, run_dir, None, local_resources(cfg), timeout_s=3600)
+        else:
+            from stgrl.orchestration.stages import run_rl_stage, run_sft_stage
+
+            sft = run_sft_stage(cfg, run_dir)
+            run_rl_stage(cfg, run_dir, init_from=str(sft))
+        results["untrained"] = untrained.result()
+        after = {phase: submit(pool, phase) for phase in ("after SFT", "after RL")}
+        results |= {phase: fut.result() for phase, fut in after.items()}
     minutes = (time.perf_counter() - t0) / 60
     report = write_report(run_dir, results, {"Timing": f"Whole demo: {minutes:.1f} minutes."})
     log.info("demo finished in %.1f min; report: %s", minutes, report)

@@ -3,6 +3,9 @@
 Scores, all written to `<out>/metrics.json` (predictions to `<out>/predictions.jsonl`):
 - the reward components and total, at the *final* curriculum σ (step = total_steps - 1), so a
   before/after comparison cannot be faked by the curriculum loosening;
+- optionally (`sampled=k`) the same at the training temperature: the mean over k seeded samples per
+  prompt (`eval_sampled/...`). This is the quantity RL maximises, E_{y~pi}[r]; greedy decoding only
+  sees the policy's mode, so a policy that got better on average can score the same greedily (DESIGN 11);
 - V-STAR metrics for the spatio-temporal items (one completion answers what/when/where; the same
   answer serves both chains — the model is asked once, not per chain question);
 - grounding diagnostics (issue 13): claim box IoU and centre error vs the mean-box and random-box
@@ -70,8 +73,12 @@ def _target_loss(model, processor, prepared: Any, target: str) -> float:
 
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], dataset_dir: Path, out_dir: Path,
                    max_samples: int = 64, swapped: bool = True, max_new_tokens: int | None = None,
-                   vstar_annotations: Path | None = None) -> dict[str, float]:
-    """Greedy generation + scoring on up to `max_samples` held-out records; returns flat metrics."""
+                   vstar_annotations: Path | None = None, sampled: int = 0) -> dict[str, float]:
+    """Greedy generation + scoring on up to `max_samples` held-out records; returns flat metrics.
+
+    `sampled > 0` also draws that many completions per prompt at `cfg.rollout.temperature`/`top_p`,
+    seeded per record from `cfg.run.seed`, so two checkpoints are compared on the same random draws
+    (common random numbers: the before/after difference then carries less sampling noise)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -96,8 +103,9 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
     cache = VideoCache(capacity=1024)
     records = records[:max_samples]
     prepared_all, preds, scores = [], [], []
+    sampled_scores: list[list[Any]] = []
     final_step = cfg.run.total_steps - 1
-    for rec in records:
+    for index, rec in enumerate(records):
         try:
             prepared = prepare_prompt(rec, processor, cfg.data, dataset_dir, cache)
         except MediaError as e:
@@ -108,10 +116,19 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
                              cfg.run.total_steps, cfg.reward)
         prepared_all.append(prepared)
         scores.append(score)
-        preds.append({"id": rec.id, "task": rec.task, "completion": comp.text, "question": rec.question,
-                      "answer": rec.answer, "frame_times": prepared.frame_times,
-                      "frame_size": list(prepared.frame_size), "reward_total": score.total,
-                      "reward_components": score.components, "record": msgspec.to_builtins(rec)})
+        pred = {"id": rec.id, "task": rec.task, "completion": comp.text, "question": rec.question,
+                "answer": rec.answer, "frame_times": prepared.frame_times,
+                "frame_size": list(prepared.frame_size), "reward_total": score.total,
+                "reward_components": score.components, "record": msgspec.to_builtins(rec)}
+        if sampled > 0:
+            spec = SamplingSpec(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                max_new_tokens=sampling.max_new_tokens, seed=cfg.run.seed * 1_000_003 + index)
+            group = engine.generate_group(EnginePrompt(model_inputs=prepared.model_inputs), sampled, spec)
+            drawn = [score_sample(_scoring_sample(rec, c.text, prepared.frame_size), final_step,
+                                  cfg.run.total_steps, cfg.reward) for c in group]
+            sampled_scores.append(drawn)
+            pred["sampled_reward_totals"] = [d.total for d in drawn]
+        preds.append(pred)
     with (out_dir / "predictions.jsonl").open("w") as fh:
         for p in preds:
             fh.write(json.dumps(p) + "\n")
@@ -124,6 +141,8 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
             comp_vals.setdefault(k, []).append(v)
     for k, vals in comp_vals.items():
         metrics[f"eval/{k}"] = sum(vals) / len(vals)
+    if sampled_scores:
+        metrics |= sampled_metrics(sampled_scores)
 
     # grounding diagnostics on spatio-temporal samples (claims vs ground truth and baselines)
     st = [(claims_from_text(p["completion"]), GroundTruth.from_record(p["record"], p["frame_size"]))
@@ -177,6 +196,21 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
                 metrics[key] = value
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def sampled_metrics(per_prompt: list[list[Any]]) -> dict[str, float]:
+    """`eval_sampled/*`: total and each component averaged over every draw of every prompt (a prompt's
+    draws weigh equally; prompts weigh equally since each has the same number of draws)."""
+    draws = [s for group in per_prompt for s in group]
+    out = {"eval_sampled/draws": float(len(draws)),
+           "eval_sampled/reward_total": sum(s.total for s in draws) / max(1, len(draws))}
+    comp_vals: dict[str, list[float]] = {}
+    for s in draws:
+        for k, v in s.components.items():
+            comp_vals.setdefault(k, []).append(v)
+    for k, vals in comp_vals.items():
+        out[f"eval_sampled/{k}"] = sum(vals) / len(vals)
+    return out
 
 
 def _donor(prepared: list[Any], i: int) -> Any | None:

@@ -22,6 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=None, help="run directory (default: <run.out_dir>/<run.name>)")
     parser.add_argument("--eval-samples", type=int, default=128,
                         help="held-out samples per evaluation (default: %(default)s, 32 per task)")
+    parser.add_argument("--eval-sampled", type=int, default=4, metavar="K",
+                        help="also score K samples per held-out prompt at the rollout temperature: "
+                             "eval_sampled/*, the expected reward RL maximises (default: %(default)s; 0: greedy only)")
     parser.add_argument("--in-process", action="store_true",
                         help="run SFT and RL in this process instead of as chained Ray jobs")
 
@@ -31,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from stgrl.orchestration.demo import run_demo
     from stgrl.orchestration.stage_support import resolve_run_dir
 
+    if args.eval_samples < 1 or args.eval_sampled < 0:
+        from stgrl.orchestration.config import ConfigError
+
+        raise ConfigError(f"--eval-samples must be >= 1 and --eval-sampled >= 0, got {args.eval_samples} "
+                          f"and {args.eval_sampled}")
     cfg = load_config(args.config, args.overrides)
     run_demo(cfg, args.config, args.overrides, resolve_run_dir(cfg, args.run_dir), args.eval_samples,
-             use_jobs=not args.in_process)
+             use_jobs=not args.in_process, eval_sampled=args.eval_sampled)
     return 0

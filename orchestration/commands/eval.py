@@ -144,6 +144,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
                    help="V-STAR annotations of the same split (default: eval_vstar.json beside --data, if any)")
     p.add_argument("--max-samples", type=int, default=64, help="held-out samples to evaluate (default 64)")
     p.add_argument("--no-swap", action="store_true", help="skip the swapped-video test")
+    p.add_argument("--sampled", type=int, default=0, metavar="K",
+                   help="also score K samples per prompt at the rollout temperature (eval_sampled/*: the "
+                        "expected reward RL maximises; greedy only sees the mode). Default 0: greedy only")
     p.add_argument("-o", "--out", default="eval_out", help="output directory (predictions.jsonl, metrics.json)")
 
 
@@ -161,7 +164,8 @@ def _run_run(args: argparse.Namespace) -> int:
     records, dataset_dir = load_split(data, "eval")
     vstar = Path(args.vstar) if args.vstar else Path(data).parent / "eval_vstar.json"
     metrics = evaluate_model(cfg, args.model, records, dataset_dir, Path(args.out), max_samples=args.max_samples,
-                             swapped=not args.no_swap, vstar_annotations=vstar if vstar.is_file() else None)
+                             swapped=not args.no_swap, vstar_annotations=vstar if vstar.is_file() else None,
+                             sampled=args.sampled)
     table = Table(title=f"held-out evaluation of {args.model}")
     table.add_column("metric")
     table.add_column("value", justify="right")

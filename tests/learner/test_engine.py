@@ -35,6 +35,23 @@ def test_multi_minibatch_update_moves_ratios_and_clips(vl_model_dir, vl_prompt, 
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_first_minibatch_old_logprobs_equal_a_separate_no_grad_pass(vl_model_dir, vl_prompt, make_groups):
+    """rl_update reuses minibatch 0's own forward (detached) as its old log-probs instead of a
+    no-grad pass: that is only sound if the two are bit-identical, so check exactly that."""
+    from stgrl.learner.logprobs import batched_completion_logprobs
+
+    eng = LearnerEngine(vl_model_dir, LearnerConfig(lr=1e-2, num_minibatches=2), WORLD)
+    eng.module.eval()
+    groups = make_groups([vl_prompt(seed=s) for s in (13, 14)], _vocab(eng), seed=3)
+    pairs = [(g.model_inputs, g.completion_ids) for g in groups]
+    with torch.no_grad():
+        separate, mask0 = batched_completion_logprobs(eng.module, pairs, eng.pad_id, 1.0)
+    with_grad, mask1 = batched_completion_logprobs(eng.module, pairs, eng.pad_id, 1.0)
+    assert with_grad.requires_grad
+    assert torch.equal(mask0, mask1)
+    assert torch.equal(separate, with_grad.detach())
+
+
 def test_state_dict_export_roundtrip(vl_model_dir, vl_prompt, make_groups, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

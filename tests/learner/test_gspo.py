@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stgrl.learner.gspo import (
     get_loss,
@@ -47,6 +49,31 @@ def test_group_advantages_match_reference_twin():
     ref = torch.tensor(group_advantages_reference(rewards.tolist()), dtype=torch.float64)
     assert torch.allclose(adv, ref, atol=1e-12)
     assert zero.nonzero().flatten().tolist() == [3]
+
+
+def test_group_advantages_without_std_scaling_hand_values():
+    """Dr. GRPO scale: a 0.02 wobble stays a 0.01 advantage instead of becoming +-1."""
+    adv, zero = group_advantages(torch.tensor([[0.80, 0.82, 0.80, 0.82], [2.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]),
+                                 scale="none")
+    assert torch.allclose(adv[0], torch.tensor([-0.01, 0.01, -0.01, 0.01]), atol=1e-6)
+    assert torch.allclose(adv[1], torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    assert torch.equal(adv[2], torch.zeros(4)) and zero.tolist() == [False, False, True]
+    std_scaled, _ = group_advantages(torch.tensor([[0.80, 0.82, 0.80, 0.82]]))
+    assert torch.allclose(std_scaled[0].abs(), torch.ones(4), atol=1e-3)
+
+
+@given(st.lists(st.lists(st.floats(-4, 4), min_size=2, max_size=8), min_size=1, max_size=6)
+       .filter(lambda gs: len({len(g) for g in gs}) == 1))
+def test_group_advantages_unscaled_match_twin_and_sum_to_zero(groups):
+    adv, _ = group_advantages(torch.tensor(groups, dtype=torch.float64), scale="none")
+    ref = torch.tensor(group_advantages_reference(groups, scale="none"), dtype=torch.float64)
+    assert torch.allclose(adv, ref, atol=1e-9)
+    assert torch.allclose(adv.sum(dim=1), torch.zeros(len(groups), dtype=torch.float64), atol=1e-9)
+
+
+def test_group_advantages_reject_unknown_scale():
+    with pytest.raises(ValueError, match="advantage scale"):
+        group_advantages(torch.zeros(1, 2), scale="rank")
 
 
 def test_gspo_loss_hand_computed():
