@@ -20,8 +20,8 @@ on a local cluster, evaluate after each, and write <run-dir>/report.md with plot
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--run-dir", default=None, help="run directory (default: <run.out_dir>/<run.name>)")
-    parser.add_argument("--eval-samples", type=int, default=128,
-                        help="held-out samples per evaluation (default: %(default)s, 32 per task)")
+    parser.add_argument("--eval-samples", type=int, default=200,
+                        help="held-out samples per evaluation (default: %(default)s, the whole held-out split of the demo)")
     parser.add_argument("--eval-sampled", type=int, default=4, metavar="K",
                         help="also score K samples per held-out prompt at the rollout temperature: "
                              "eval_sampled/*, the expected reward RL maximises (default: %(default)s; 0: greedy only)")
