@@ -133,16 +133,10 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
         for p in preds:
             fh.write(json.dumps(p) + "\n")
 
-    metrics: dict[str, float] = {"eval/samples": float(len(scores))}
-    metrics["eval/reward_total"] = sum(s.total for s in scores) / max(1, len(scores))
-    comp_vals: dict[str, list[float]] = {}
-    for s in scores:
-        for k, v in s.components.items():
-            comp_vals.setdefault(k, []).append(v)
-    for k, vals in comp_vals.items():
-        metrics[f"eval/{k}"] = sum(vals) / len(vals)
+    metrics: dict[str, float] = {"eval/samples": float(len(scores))} | score_means(scores, "eval")
     if sampled_scores:
-        metrics |= sampled_metrics(sampled_scores)
+        draws = [d for group in sampled_scores for d in group]
+        metrics |= {"eval_sampled/draws": float(len(draws))} | score_means(draws, "eval_sampled")
 
     # grounding diagnostics on spatio-temporal samples (claims vs ground truth and baselines)
     st = [(claims_from_text(p["completion"]), GroundTruth.from_record(p["record"], p["frame_size"]))
@@ -198,18 +192,17 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
     return metrics
 
 
-def sampled_metrics(per_prompt: list[list[Any]]) -> dict[str, float]:
-    """`eval_sampled/*`: total and each component averaged over every draw of every prompt (a prompt's
-    draws weigh equally; prompts weigh equally since each has the same number of draws)."""
-    draws = [s for group in per_prompt for s in group]
-    out = {"eval_sampled/draws": float(len(draws)),
-           "eval_sampled/reward_total": sum(s.total for s in draws) / max(1, len(draws))}
+def score_means(scores: list[Any], prefix: str) -> dict[str, float]:
+    """`<prefix>/reward_total` and `<prefix>/<component>`: means over the scores that have each one
+    (components apply per task). For sampled draws every prompt has the same number, so prompts
+    weigh equally."""
+    out = {f"{prefix}/reward_total": sum(s.total for s in scores) / max(1, len(scores))}
     comp_vals: dict[str, list[float]] = {}
-    for s in draws:
+    for s in scores:
         for k, v in s.components.items():
             comp_vals.setdefault(k, []).append(v)
     for k, vals in comp_vals.items():
-        out[f"eval_sampled/{k}"] = sum(vals) / len(vals)
+        out[f"{prefix}/{k}"] = sum(vals) / len(vals)
     return out
 
 

@@ -39,6 +39,23 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+def trailing_mean(ys: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each point (fewer at the start). Why: a step's train reward
+    averages only prompts_per_step x group_size samples, so on small runs the trend is invisible in
+    the raw curve."""
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+SMOOTH_MIN_POINTS = 20
+"""Series at least this long get a trailing mean over a tenth of their length (>= 5 steps) on top."""
+
+
 def make_plots(rows: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per entry of PLOTS that has data; returns the files written."""
     import matplotlib
@@ -55,7 +72,12 @@ def make_plots(rows: list[dict], out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
         for k, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=k)
+            if len(xs) < SMOOTH_MIN_POINTS:
+                ax.plot(xs, ys, marker=".", label=k)
+                continue
+            window = max(5, len(xs) // 10)
+            (raw,) = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, trailing_mean(ys, window), color=raw.get_color(), label=f"{k} (mean of last {window})")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

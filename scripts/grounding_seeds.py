@@ -1,5 +1,6 @@
-"""Issue 13's measurement: the demo (SFT + RL on the embedded default) over several training seeds,
-then grounding after SFT and after RL with seed-to-seed spread, as a table and a plot.
+"""Issues 13 and 9's measurement: the demo (SFT + RL on the embedded default) over several training
+seeds, then grounding and reward after SFT and after RL with seed-to-seed spread, as a table and a
+plot, and the verdict of issue 9: is RL's gain over SFT larger than the seed-to-seed noise?
 
     .venv/bin/python scripts/grounding_seeds.py --seeds 0 1 2 --out runs/grounding
     .venv/bin/python scripts/grounding_seeds.py --summarize runs/grounding   # tables + plot only
@@ -7,6 +8,10 @@ then grounding after SFT and after RL with seed-to-seed spread, as a table and a
 Each seed is one `stgrl demo --run-dir OUT/sN run.seed=N --eval-samples E` (the model and the data
 are the same for every seed: the seed changes the SFT data order, rollout sampling and RL). Writes
 OUT/grounding.md (markdown table, mean ± sample std over seeds) and OUT/grounding.png.
+
+The gain verdict, per reward score (greedy, and sampled at the rollout temperature when the runs
+have it): each seed's RL − SFT, their mean, and the seed noise = the sample std over seeds of the
+after-SFT score. RL "beats the noise" when every seed gained and the mean gain exceeds that std.
 """
 
 from __future__ import annotations
@@ -37,7 +42,39 @@ ROWS = (
     ("swap/ci_low", "  its 95% CI lower end"),
     ("eval/answer_accuracy", "answer accuracy"),
     ("vstar/mam", "V-STAR mAM"),
+    ("eval_sampled/reward_total", "reward total, sampled at the rollout T (mean of k draws)"),
+    ("eval_sampled/format", "format, sampled"),
 )
+GAIN_KEYS = (("eval/reward_total", "greedy reward total"), ("eval_sampled/reward_total", "sampled reward total"))
+
+
+def rl_gain(runs: dict[int, dict[str, dict[str, float]]], key: str) -> dict[str, float] | None:
+    """RL − SFT of `key` per seed, against the seed noise (std over seeds of the after-SFT value).
+
+    Returns None unless at least 2 seeds have the key after SFT and after RL."""
+    pairs = [(r["after_SFT"][key], r["after_RL"][key]) for r in runs.values()
+             if key in r.get("after_SFT", {}) and key in r.get("after_RL", {})]
+    if len(pairs) < 2:
+        return None
+    gains = [b - a for a, b in pairs]
+    noise = statistics.stdev([a for a, _ in pairs])
+    mean = statistics.mean(gains)
+    return {"seeds": float(len(pairs)), "mean_gain": mean, "gain_std": statistics.stdev(gains),
+            "min_gain": min(gains), "sft_seed_std": noise,
+            "beats_noise": float(min(gains) > 0 and mean > noise)}
+
+
+def gain_table(runs: dict[int, dict[str, dict[str, float]]]) -> str:
+    lines = ["| score | RL − SFT per seed | mean gain | SFT seed std | beats the noise |", "|---|---|---|---|---|"]
+    for key, label in GAIN_KEYS:
+        g = rl_gain(runs, key)
+        if g is None:
+            continue
+        per_seed = ", ".join(f"{runs[s]['after_RL'][key] - runs[s]['after_SFT'][key]:+.3f}" for s in sorted(runs)
+                             if key in runs[s].get("after_SFT", {}) and key in runs[s].get("after_RL", {}))
+        lines.append(f"| {label} | {per_seed} | {g['mean_gain']:+.3f} | {g['sft_seed_std']:.3f} | "
+                     f"{'yes' if g['beats_noise'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_seed(seed: int, out: Path, eval_samples: int, config: str, extra: list[str]) -> None:
@@ -82,6 +119,8 @@ def table(runs: dict[int, dict[str, dict[str, float]]]) -> str:
 
         lines.append(f"| {s} | {pair('eval/spatial_gated')} | {pair('eval/answer_viou')} | "
                      f"{pair('grounding/model/iou')} | {pair('swap/mean_diff')} | {pair('eval/reward_total')} |")
+    lines += ["", "RL's gain over SFT against the seed-to-seed noise (every seed gained and the mean gain exceeds "
+              "the after-SFT std over seeds):", "", gain_table(runs)]
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/grounding", help="one run directory per seed goes here")
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--eval-samples", type=int, default=128)
+    parser.add_argument("--eval-samples", type=int, default=200)
     parser.add_argument("--summarize", metavar="OUT", help="only build the table and plot from OUT")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides for every seed")
     args = parser.parse_args(argv)

@@ -74,6 +74,17 @@ def test_report_writes_plots_and_tables(tmp_path):
         assert f"plots/{png}" in text
 
 
+def test_trailing_mean_by_hand_and_long_series_are_smoothed(tmp_path):
+    from stgrl.orchestration.report import SMOOTH_MIN_POINTS, make_plots, trailing_mean
+
+    assert trailing_mean([2.0, 4.0, 6.0, 8.0], 2) == [2.0, 3.0, 5.0, 7.0]
+    assert trailing_mean([1.0, 3.0], 5) == [1.0, 2.0]
+    assert trailing_mean([], 3) == []
+    rows = [{"step": s, "train/reward_mean": float(s % 2)} for s in range(SMOOTH_MIN_POINTS)]
+    (png,) = [p for p in make_plots(rows, tmp_path) if p.name == "reward.png"]
+    assert png.stat().st_size > 1000
+
+
 def test_vstar_prediction_from_one_completion():
     from stgrl.orchestration.eval_run import vstar_prediction
 
