@@ -136,7 +136,11 @@ def plot(runs: dict[int, dict[str, dict[str, float]]], path: Path) -> None:
                                               ("random box", "grounding/random_box/iou")]),
               ("swapped − own video loss", [("model", "swap/mean_diff")]),
               ("reward total (final σ)", [("model", "eval/reward_total")]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    gains = [(label, key, rl_gain(runs, key)) for key, label in GAIN_KEYS]
+    gains = [(label, key, g) for label, key, g in gains if g is not None]
+    fig, axes = plt.subplots(1, len(panels) + bool(gains), figsize=(4.2 * (len(panels) + bool(gains)), 3.4))
+    if gains:
+        _plot_gains(axes[-1], runs, gains)
     for ax, (title, series) in zip(axes, panels):
         width = 0.8 / len(series)
         for j, (name, key) in enumerate(series):
@@ -159,6 +163,21 @@ def plot(runs: dict[int, dict[str, dict[str, float]]], path: Path) -> None:
     fig.suptitle(f"held-out grounding on easy, {len(seeds)} seeds (bars: mean ± std, dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_gains(ax, runs: dict[int, dict[str, dict[str, float]]], gains: list) -> None:
+    """Issue 9's picture: each seed's RL − SFT per score next to the band of ± the after-SFT seed std."""
+    for i, (_label, key, g) in enumerate(gains):
+        per_seed = [runs[s]["after_RL"][key] - runs[s]["after_SFT"][key] for s in sorted(runs)
+                    if key in runs[s].get("after_SFT", {}) and key in runs[s].get("after_RL", {})]
+        ax.bar(i, g["mean_gain"], 0.6, color="tab:green" if g["beats_noise"] else "tab:gray")
+        ax.plot([i] * len(per_seed), per_seed, "k.", ms=5)
+        ax.fill_between([i - 0.4, i + 0.4], -g["sft_seed_std"], g["sft_seed_std"], color="tab:red", alpha=0.15,
+                        label="± SFT seed std" if i == 0 else None)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(gains)), [label.replace(" reward total", "") for label, _, _ in gains])
+    ax.set_title("RL − SFT reward (bar: mean, dots: seeds)", fontsize=10)
+    ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
