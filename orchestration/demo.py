@@ -1,8 +1,8 @@
 """`stgrl demo` / `make demo`: the whole pipeline on the embedded default, end to end.
 
 init-model -> data synth -> held-out eval (untrained, beside the SFT job) -> SFT Ray job -> RL Ray
-job -> held-out eval after SFT and after RL (side by side) -> report. Every step that already has its output on disk (model,
-dataset) is reused, so a second run starts training at once.
+job -> held-out eval after SFT and after RL (side by side) -> report. Every step that already has its
+output on disk (model, dataset) is reused, so a second run starts training at once.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ def _evaluate(cfg: Config, model: str, out_dir: Path, eval_samples: int, eval_sa
 
 def run_demo(cfg: Config, config_path: str | None, overrides: list[str], run_dir: Path,
              eval_samples: int, use_jobs: bool, eval_sampled: int = 4) -> Path:
-    """The whole pipeline. The evaluations run in worker processes next to the work that leaves a
-    core free: the untrained model's beside the SFT job (one learner rank), and the after-SFT and
-    after-RL ones side by side at the end."""
+    """The whole pipeline. Each evaluation is one single-threaded worker process, placed where it
+    costs the least wall time: the untrained model's beside the SFT job (it needs only the base
+    model, and takes well under the SFT's time), the after-SFT and after-RL ones side by side at the
+    end (they would each leave a core idle alone)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
