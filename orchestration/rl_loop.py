@@ -385,8 +385,6 @@ class RLDriver:
             train_s = time.perf_counter() - t_train
             self.version += 1
             sync_s = self._publish_weights()
-            if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0 and step + 1 < total:
-                self._checkpoint(step)
             step_s = time.perf_counter() - t_step
             entry = StepEntry(step=step, assigned=[prompt_id(r) for r in self._assigned.pop(step)],
                               trained=[g.prompt_id for g, _ in groups],
@@ -436,6 +434,12 @@ class RLDriver:
             last = metrics
             if progress is not None:
                 progress(step, metrics)
+            if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0 and step + 1 < total:
+                # Only after the step's ledger and metrics lines: a kill between those and the
+                # checkpoint makes the resume redo the step (truncate_after drops its lines). The other
+                # order lost it: killed after the checkpoint, before the ledger line, the resume started
+                # at the next step and the ledger never held this one (seen in CI).
+                self._checkpoint(step)
         self._checkpoint(total - 1)
         self.learners.export_hf(self.run_dir / "rl" / "hf")
         return last
