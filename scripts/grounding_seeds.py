@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("grounding_seeds")
 
@@ -48,18 +49,19 @@ ROWS = (
 GAIN_KEYS = (("eval/reward_total", "greedy reward total"), ("eval_sampled/reward_total", "sampled reward total"))
 
 
-def rl_gain(runs: dict[int, dict[str, dict[str, float]]], key: str) -> dict[str, float] | None:
-    """RL − SFT of `key` per seed, against the seed noise (std over seeds of the after-SFT value).
+def rl_gain(runs: dict[int, dict[str, dict[str, float]]], key: str) -> dict[str, Any] | None:
+    """RL − SFT of `key` per seed (`per_seed`, in seed order), against the seed noise (std over seeds
+    of the after-SFT value).
 
     Returns None unless at least 2 seeds have the key after SFT and after RL."""
-    pairs = [(r["after_SFT"][key], r["after_RL"][key]) for r in runs.values()
-             if key in r.get("after_SFT", {}) and key in r.get("after_RL", {})]
+    pairs = [(runs[s]["after_SFT"][key], runs[s]["after_RL"][key]) for s in sorted(runs)
+             if key in runs[s].get("after_SFT", {}) and key in runs[s].get("after_RL", {})]
     if len(pairs) < 2:
         return None
     gains = [b - a for a, b in pairs]
     noise = statistics.stdev([a for a, _ in pairs])
     mean = statistics.mean(gains)
-    return {"seeds": float(len(pairs)), "mean_gain": mean, "gain_std": statistics.stdev(gains),
+    return {"seeds": float(len(pairs)), "per_seed": gains, "mean_gain": mean, "gain_std": statistics.stdev(gains),
             "min_gain": min(gains), "sft_seed_std": noise,
             "beats_noise": float(min(gains) > 0 and mean > noise)}
 
@@ -70,8 +72,7 @@ def gain_table(runs: dict[int, dict[str, dict[str, float]]]) -> str:
         g = rl_gain(runs, key)
         if g is None:
             continue
-        per_seed = ", ".join(f"{runs[s]['after_RL'][key] - runs[s]['after_SFT'][key]:+.3f}" for s in sorted(runs)
-                             if key in runs[s].get("after_SFT", {}) and key in runs[s].get("after_RL", {}))
+        per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
         lines.append(f"| {label} | {per_seed} | {g['mean_gain']:+.3f} | {g['sft_seed_std']:.3f} | "
                      f"{'yes' if g['beats_noise'] else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -140,7 +141,7 @@ def plot(runs: dict[int, dict[str, dict[str, float]]], path: Path) -> None:
     gains = [(label, key, g) for label, key, g in gains if g is not None]
     fig, axes = plt.subplots(1, len(panels) + bool(gains), figsize=(4.2 * (len(panels) + bool(gains)), 3.4))
     if gains:
-        _plot_gains(axes[-1], runs, gains)
+        _plot_gains(axes[-1], gains)
     for ax, (title, series) in zip(axes, panels):
         width = 0.8 / len(series)
         for j, (name, key) in enumerate(series):
@@ -165,13 +166,11 @@ def plot(runs: dict[int, dict[str, dict[str, float]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _plot_gains(ax, runs: dict[int, dict[str, dict[str, float]]], gains: list) -> None:
+def _plot_gains(ax, gains: list) -> None:
     """Issue 9's picture: each seed's RL − SFT per score next to the band of ± the after-SFT seed std."""
-    for i, (_label, key, g) in enumerate(gains):
-        per_seed = [runs[s]["after_RL"][key] - runs[s]["after_SFT"][key] for s in sorted(runs)
-                    if key in runs[s].get("after_SFT", {}) and key in runs[s].get("after_RL", {})]
+    for i, (_label, _key, g) in enumerate(gains):
         ax.bar(i, g["mean_gain"], 0.6, color="tab:green" if g["beats_noise"] else "tab:gray")
-        ax.plot([i] * len(per_seed), per_seed, "k.", ms=5)
+        ax.plot([i] * len(g["per_seed"]), g["per_seed"], "k.", ms=5)
         ax.fill_between([i - 0.4, i + 0.4], -g["sft_seed_std"], g["sft_seed_std"], color="tab:red", alpha=0.15,
                         label="± SFT seed std" if i == 0 else None)
     ax.axhline(0.0, color="black", linewidth=0.6)
