@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STGRL := $(VENV)/bin/stgrl
 STAMP := $(VENV)/.stamp-install
+LOCK := requirements/cpu.lock
 CONFIG ?= configs/demo.yaml
 # Keep caches (DeepSpeed/torch JIT ops, matplotlib, HF) inside the checkout so repeated runs reuse them.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
@@ -14,14 +15,16 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint test-vllm clean
+.PHONY: setup demo test lint test-vllm clean lock lock-vllm upgrade
 
-$(STAMP): pyproject.toml setup.py constraints-cpu.txt
+$(STAMP): pyproject.toml setup.py $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	# torch/torchvision first, pinned for CPU machines (constraints-cpu.txt explains why)
-	$(PY) -m pip install -q -c constraints-cpu.txt torch torchvision
-	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev]'
+	# Every package at exactly the version in the lock (make lock / make upgrade move it on purpose).
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
+	# torch/torchvision first: the CPU pair of constraints-cpu.txt, pinned in the lock too
+	$(PY) -m pip install -q -c $(LOCK) torch torchvision
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) scripts/lock.py check $(LOCK)
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -45,6 +48,26 @@ test: setup lint
 ## once, then tests_vllm/ against the real engine. `make test` runs it after the main suite.
 test-vllm:
 	bash scripts/vllm_lane.sh
+
+## Re-resolve the lock after a change to pyproject.toml, keeping every pin that still fits.
+lock:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) scripts/lock.py resolve --keep --out $(LOCK)
+
+## Move forward on purpose: every dependency to the newest version pyproject.toml allows, a fresh
+## venv from the new lock, then the whole suite. Review `git diff requirements/` and commit it only
+## if the suite passed (docs/dependencies.md records each upgrade).
+upgrade:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	cp $(LOCK) $(LOCK).before-upgrade
+	$(PY) scripts/lock.py resolve --out $(LOCK)
+	$(PY) scripts/lock.py diff $(LOCK).before-upgrade $(LOCK)
+	rm -f $(LOCK).before-upgrade
+	rm -rf $(VENV) && $(MAKE) test
+
+## Re-make the vLLM lane's lock: a fresh lane venv at the newest allowed versions, then frozen.
+lock-vllm:
+	rm -rf .venv-vllm && VLLM_LANE_UNLOCKED=1 bash scripts/vllm_lane.sh --collect-only -q
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -21,6 +21,14 @@ __all__ = ["ClientSocket", "PeerRefused", "ServerSocket", "TransportTimeout"]
 log = logging.getLogger(__name__)
 
 
+
+# ZeroMQ's handshake-failure events, in our words (the user sees these, not the library's names).
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the peer rejected our CURVE credentials",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the two sides disagree on the security protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+}
+
 class TransportTimeout(TimeoutError):
     """A wait on a peer ran out; the message names the peer and what was awaited."""
 
@@ -134,7 +142,7 @@ class ClientSocket:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_ok, self.handshake_failure = True, None
             else:
-                self.handshake_failure = f"{zmq.Event(kind).name} (errno {event['value']})"
+                self.handshake_failure = _HANDSHAKE_FAILURES.get(kind, "the handshake failed")
         if self.handshake_failure and not self.handshake_ok:
             raise PeerRefused(f"{self.address} refused the handshake: {self.handshake_failure} "
                               f"(missing or wrong CURVE key?)")

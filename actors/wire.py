@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union, get_type_hints
 
 import msgspec
 import torch
 
 from stgrl.actors.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
+from stgrl.explain import find_invalid
 from stgrl.reward_service.types import KeyFrame, Score, ScoringSample
 
 __all__ = [
@@ -267,8 +268,9 @@ def decode(
         raise WireError(f"header frame of {header_buf.nbytes} bytes exceeds the limit of {max_frame_bytes}")
     try:
         env = _decoder(expected_type).decode(header_buf)
-    except (msgspec.DecodeError, ValueError) as err:  # ValueError: e.g. invalid UTF-8 in a str (fuzz-found)
-        raise WireError(f"bad header (expected {_type_name(expected_type)}): {err}") from None
+    except (msgspec.DecodeError, ValueError):  # ValueError: e.g. invalid UTF-8 in a str (fuzz-found)
+        raise WireError(f"bad header (expected {_type_name(expected_type)}): "
+                        f"{_explain_header(header_buf, expected_type)}") from None
     if len(env.tensors) > max_tensors:
         raise WireError(f"{len(env.tensors)} tensors exceed the limit of {max_tensors}", env.body)
     if len(frames) != 1 + len(env.tensors):
@@ -283,6 +285,35 @@ def decode(
         except FrameError as err:
             raise WireError(str(err), env.body) from None
     return env.body, tensors
+
+
+def _explain_header(header: memoryview, expected_type: Any) -> str:
+    """Our words for a header the typed decoder refused: not msgpack, not ``[body, tensors]``, an
+    unknown kind, a kind this socket does not take, or the field at fault."""
+    try:
+        raw = msgspec.msgpack.decode(header)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return "not a msgpack document"
+    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], list) and raw[0]):
+        return "not a [body, tensors] pair"
+    kind, *values = raw[0]
+    expected = getattr(expected_type, "__args__", None) or (expected_type,)
+    by_tag = {cls.__struct_config__.tag: cls for cls in expected}
+    if kind not in by_tag:
+        known = {cls.__struct_config__.tag for cls in _Msg.__subclasses__()}
+        what = "unknown message kind" if kind not in known else "message kind not taken here"
+        return f"{what} {kind!r} (this socket takes {', '.join(map(repr, by_tag))})"
+    cls = by_tag[kind]
+    fields = msgspec.structs.fields(cls)
+    if len(values) > len(fields):
+        return f"{kind!r} has {len(values)} fields, at most {len(fields)} are known"
+    hints = get_type_hints(cls, include_extras=True)
+    for f, value in zip(fields, values):
+        found = find_invalid(value, hints[f.name], path=f.name)
+        if found is not None:
+            return f"{kind!r} field {found[0]}: {found[1]}"
+    found = find_invalid(raw[1], list[TensorMeta], path="tensors")
+    return f"{found[0]}: {found[1]}" if found else "a field fails its own check"
 
 
 def _type_name(tp: Any) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ import yaml
 from msgspec import Meta, Struct
 
 from stgrl.actors.config import TransportConfig
+from stgrl.explain import find_invalid
 from stgrl.learner.config import LearnerConfig, SFTConfig
 from stgrl.reward_service.config import RewardConfig
 from stgrl.rollout.config import DataConfig, ModelConfig, RolloutConfig
@@ -67,62 +67,16 @@ class ConfigError(ValueError):
     """A config value is unknown, mistyped or out of range; the message names the key."""
 
 
-def _field_type(struct_type: type, name: str) -> Any:
-    hints = typing.get_type_hints(struct_type, include_extras=True)
-    return hints.get(name)
-
-
-def _describe_allowed(tp: Any) -> str:
-    """Human description of what a type accepts (Literal values, numeric bounds, field names)."""
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *metas = typing.get_args(tp)
-        bounds = []
-        for m in metas:
-            if isinstance(m, Meta):
-                for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-                    v = getattr(m, attr, None)
-                    if v is not None:
-                        bounds.append(f"{sym} {v}")
-        return f"{_describe_allowed(base)}" + (f" with {' and '.join(bounds)}" if bounds else "")
-    if origin is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
-    if isinstance(tp, type) and issubclass(tp, Struct):
-        return "a mapping with keys " + ", ".join(tp.__struct_fields__)
-    if origin is not None:
-        return " or ".join(_describe_allowed(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _resolve_path(path: list[str]) -> tuple[Any, str | None]:
-    """Walk the Config type along a key path; return (type at the path or parent struct, bad key)."""
-    tp: Any = Config
-    for key in path:
-        base = tp
-        if typing.get_origin(base) is Annotated:
-            base = typing.get_args(base)[0]
-        if not (isinstance(base, type) and issubclass(base, Struct)):
-            return tp, None
-        if key not in base.__struct_fields__:
-            return base, key
-        tp = _field_type(base, key)
-    return tp, None
-
-
-def _explain(err: msgspec.ValidationError) -> ConfigError:
-    msg = str(err)
-    m = re.search(r"- at `\$((?:\.\w+|\[\d+\])*)`", msg)
-    keys = re.findall(r"\.(\w+)", m.group(1)) if m else []
-    unknown = re.match(r"Object contains unknown field `(\w+)`", msg)
-    if unknown:
-        parent, _ = _resolve_path(keys)
-        full = ".".join([*keys, unknown.group(1)])
-        allowed = ", ".join(getattr(parent, "__struct_fields__", ()))
-        return ConfigError(f"unknown config key '{full}'; allowed keys here: {allowed}")
-    tp, _ = _resolve_path(keys)
-    key = ".".join(keys) or "<root>"
-    reason = msg.split(" - at ")[0]
-    return ConfigError(f"invalid value for config key '{key}': {reason}; allowed: {_describe_allowed(tp)}")
+def _explain(tree: dict, err: msgspec.ValidationError) -> ConfigError:
+    """Our words for a config that msgspec refused: the dotted key and what it must be."""
+    found = find_invalid(tree, Config, strict=False)
+    if found is None:  # a rule inside a section's own __post_init__: its message is already ours
+        return ConfigError(f"invalid config: {str(err).split(' - at ')[0]}")
+    path, reason = found
+    key = path.removeprefix("$.").removeprefix("$") or "<root>"
+    if reason.startswith("unknown key"):
+        return ConfigError(f"unknown config key '{key}'{reason.removeprefix('unknown key')}")
+    return ConfigError(f"invalid value for config key '{key}': {reason}")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -169,7 +123,7 @@ def config_from_dict(tree: dict) -> Config:
     try:
         cfg = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as e:
-        raise _explain(e) from None
+        raise _explain(tree, e) from None
     _check_finite(msgspec.to_builtins(cfg))
     check_consistency(cfg)
     return cfg

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from stgrl.explain import describe_bad_json_line, find_invalid
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.rewards import score_sample
 from stgrl.reward_service.types import ScoringSample
@@ -42,6 +43,18 @@ def _id_of(raw: str) -> object:
     return obj.get("id") if isinstance(obj, dict) else None
 
 
+def _explain(lineno: int, raw: str | bytes, err: Exception) -> str:
+    """Our words for a line that is not a scoring sample: a bad JSON document, or the field at fault."""
+    if not isinstance(err, msgspec.ValidationError):
+        return describe_bad_json_line(lineno, raw)
+    try:
+        found = find_invalid(json.loads(raw), ScoringSample)
+    except (ValueError, RecursionError):
+        found = None
+    detail = f"{found[0]}: {found[1]}" if found else str(err).split(" - at `$`")[0]
+    return f"line {lineno} is not a scoring sample: {detail}"
+
+
 def score_lines(lines: Iterable[str | bytes], step: int, total_steps: int, cfg: RewardConfig,
                 stats: OfflineStats | None = None) -> Iterator[dict]:
     """Score JSON lines lazily, yielding one output object per non-blank input line.
@@ -57,10 +70,11 @@ def score_lines(lines: Iterable[str | bytes], step: int, total_steps: int, cfg: 
         stats.lines += 1
         try:
             sample = _decoder.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # ValidationError is a DecodeError
+            message = _explain(lineno, raw, e)
             stats.errors += 1
-            log.error("line %d: %s", lineno, e)
-            yield {"id": _id_of(raw), "line": lineno, "error": str(e)}
+            log.error("%s", message)
+            yield {"id": _id_of(raw), "line": lineno, "error": message}
             continue
         score = score_sample(sample, step, total_steps, cfg)
         if score.error is not None:

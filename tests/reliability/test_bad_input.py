@@ -110,20 +110,20 @@ def test_huge_resolution_video_is_resized_to_max_pixels(media, processor):
 
 
 NUMBER_LINES = [  # (json text with a bad number, reason, words the message must hold)
-    ('"key_frames": [{"idx": 0, "time": 1e999}]', "invalid_record", "$.key_frames[0].time"),
-    ('"key_frames": [{"idx": 0, "time": NaN}]', "invalid_json", "malformed"),
-    ('"key_frames": [{"idx": 0, "time": Infinity}]', "invalid_json", "malformed"),
-    ('"key_frames": [{"idx": 0, "time": -2.5}]', "invalid_record", "$.key_frames[0].time"),
+    ('"key_frames": [{"idx": 0, "time": 1e999}]', "invalid_record", "$.key_frames[0].time: 1e999 is out of range"),
+    ('"key_frames": [{"idx": 0, "time": NaN}]', "invalid_json", "NaN is not a JSON number"),
+    ('"key_frames": [{"idx": 0, "time": Infinity}]', "invalid_json", "Infinity is not a JSON number"),
+    ('"key_frames": [{"idx": 0, "time": -2.5}]', "invalid_record", "$.key_frames[0].time: must be a number >= 0"),
     ('"key_frames": [{"idx": 0, "time": 1.0}], "key_items": {"0": {"car": [[0.1, 0.1, 1e999, 0.5]]}}',
      "invalid_record", "$.key_items"),
     ('"key_frames": [{"idx": 0, "time": 1.0}], "key_items": {"0": {"car": [[0.1, NaN, 0.2, 0.5]]}}',
-     "invalid_json", "malformed"),
+     "invalid_json", "NaN is not a JSON number"),
     ('"key_frames": [{"idx": 0, "time": 1.0}], "key_items": {"0": {"car": [[0.1, 0.1, 0.2, -1e-3]]}}',
      "invalid_record", "$.key_items"),
     ('"span": [1.0, 1e999]', "invalid_record", "$.span[1]"),
-    ('"span": [-Infinity, 2.0]', "invalid_json", "malformed"),
+    ('"span": [-Infinity, 2.0]', "invalid_json", "-Infinity is not a JSON number"),
     ('"span": [5.0, 2.0]', "invalid_record", "0 <= start <= end"),
-    ('"span": [1.0]', "invalid_record", "$.span"),
+    ('"span": [1.0]', "invalid_record", "$.span: must be a list of exactly 2 items"),
 ]
 
 
@@ -163,7 +163,11 @@ def test_non_utf8_and_unicode_garbage_lines_in_records(tmp_path):
     assert [r.id for r in records] == ["ok", "weird \u202e\u200b\U0001f600\u0000", "last"]
     assert [(s.line, s.reason) for s in report.skipped] == [
         (2, "invalid_json"), (3, "invalid_json"), (4, "invalid_json"), (6, "invalid_json")]
-    assert "not valid UTF-8" in report.skipped[0].message and "malformed" in report.skipped[1].message
+    assert [s.message for s in report.skipped] == [
+        "line 2 is not valid UTF-8 (byte 0xff at offset 13)",
+        "line 3 is not valid UTF-8 (byte 0xff at offset 0)",
+        "line 4 holds a lone surrogate escape '\\ud800' at offset 8: half of a UTF-16 pair is not a character",
+        "line 6 is not valid JSON (malformed at character 0)"]
 
 
 BAD_NUMBERS = [math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0, -1.0, 5e-324]
@@ -238,11 +242,13 @@ def test_unicode_garbage_and_1mb_completions_through_the_cli(tmp_path, capsys):
     assert scored["last"]["components"]["answer_accuracy"] == 1.0
     errors = {r["line"]: r for r in rows if "error" in r}
     assert sorted(errors) == [3, 4, 6, 7]
-    assert "utf-8" in errors[3]["error"] and "malformed" in errors[6]["error"]
-    assert "surrogate" in errors[4]["error"]
+    assert errors[3]["error"] == "line 3 is not valid UTF-8 (byte 0xff at offset 46)"
+    assert errors[6]["error"] == "line 6 is not valid UTF-8 (byte 0xc3 at offset 0)"
+    assert errors[4]["error"].startswith("line 4 holds a lone surrogate escape '\\ud800'")
+    assert errors[7]["error"] == "line 7 is not valid JSON: Infinity is not a JSON number"
     assert errors[7]["id"] == "inf"  # the line's id is recovered for the error row
     err = capsys.readouterr().err
-    assert "line 3:" in err and "line 6:" in err
+    assert "line 3 is not valid UTF-8" in err and "line 6 is not valid UTF-8" in err
 
 
 @pytest.mark.parametrize("override, key", [

@@ -34,11 +34,14 @@ def test_score_file_with_bad_lines(tmp_path, capsys):
     assert math.isclose(st["components"]["temporal_proximity"], math.exp(-0.5))
     assert st["components"]["spatial_gated"] == 0.0
     assert rows[1]["line"] == 2 and "error" in rows[1] and rows[1]["id"] is None
-    assert rows[2]["line"] == 3 and rows[2]["id"] == "x" and "error" in rows[2]  # missing fields
+    assert rows[1]["error"] == "line 2 is not valid JSON (malformed at character 1)"
+    assert rows[2]["line"] == 3 and rows[2]["id"] == "x"  # missing fields, named in our words
+    assert rows[2]["error"] == "line 3 is not a scoring sample: $.completion: required key is missing"
     assert rows[3]["id"] == "t1" and math.isclose(rows[3]["components"]["answer_tiou"], 2 / 6)
     assert rows[4]["id"] == "u" and "unknown task" in rows[4]["error"]
     err = capsys.readouterr()
-    assert "line 2:" in err.err and "line 3:" in err.err and "line 5 (id u)" in err.err
+    assert "line 2 is not valid JSON" in err.err and "line 3 is not a scoring sample" in err.err
+    assert "line 5 (id u)" in err.err
     assert err.out == ""
 
 

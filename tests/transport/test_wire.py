@@ -140,11 +140,11 @@ def test_wrong_type_unknown_tag_unknown_field_and_bad_dtype(tx):
     with pytest.raises(WireError, match="expected TrajectoryGroup"):
         decode(ack, wire.TrajectoryGroup, max_frame_bytes=LIMIT)
     enc = msgspec.msgpack.Encoder()
-    with pytest.raises(WireError, match="Invalid value 'no_such_kind'"):
+    with pytest.raises(WireError, match="unknown message kind 'no_such_kind'"):
         decode([enc.encode([["no_such_kind", ["x"]], []])], Message, max_frame_bytes=LIMIT)
-    with pytest.raises(WireError, match="bad header"):  # an extra (unknown) positional field
+    with pytest.raises(WireError, match="'ack' has 2 fields, at most 1 are known"):  # an extra positional field
         decode([enc.encode([["ack", ["x"], "surprise"], []])], wire.Ack, max_frame_bytes=LIMIT)
-    with pytest.raises(WireError, match="Expected `array of str`, got `int`|Expected `str`, got `int`"):
+    with pytest.raises(WireError, match=r"'ack' field ids\[0\]: must be a string, got 1"):
         decode([enc.encode([["ack", [1]], []])], wire.Ack, max_frame_bytes=LIMIT)
     meta = TensorMeta("x", "complex64", [1], 8)
     with pytest.raises(WireError, match="unknown dtype 'complex64'"):

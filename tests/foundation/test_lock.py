@@ -1,0 +1,69 @@
+"""The locked install: the lock is complete, honours pyproject.toml's ranges and the CPU torch pair, and
+the environment the suite runs in is exactly the lock (what CI tests is what a user gets)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[2]
+LOCKS = {"cpu": REPO / "requirements" / "cpu.lock", "vllm-lane": REPO / "requirements" / "vllm-lane.lock"}
+
+
+def _lock_module():
+    spec = importlib.util.spec_from_file_location("stgrl_lock_script", REPO / "scripts" / "lock.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+lock = _lock_module()
+
+
+def test_read_compare_and_moved_are_exact(tmp_path):
+    path = tmp_path / "x.lock"
+    path.write_text("# header\nFoo_Bar==1.0\nbaz==2.0  # why\n\n")
+    pins = lock.read_lock(path)
+    assert pins == {"foo-bar": "1.0", "baz": "2.0"}
+    assert lock.compare(pins, {"foo-bar": "1.0", "baz": "2.0"}) == []
+    assert lock.compare(pins, {"foo-bar": "1.1", "extra": "3"}) == [
+        "extra==3 is installed but not in the lock", "foo-bar is 1.1, the lock says 1.0",
+        "baz==2.0 is in the lock but not installed"]
+    assert lock.moved(pins, {"foo-bar": "1.0", "baz": "2.1", "new": "1"}) == [
+        "baz 2.0 -> 2.1", "new (new) -> 1"]
+    path.write_text("foo>=1\n")
+    with pytest.raises(SystemExit, match="expected 'name==version'"):
+        lock.read_lock(path)
+
+
+@pytest.mark.parametrize("name", sorted(LOCKS))
+def test_every_line_of_the_lock_is_an_exact_pin(name):
+    pins = lock.read_lock(LOCKS[name])
+    assert len(pins) > 50  # the whole transitive closure, not a handful of direct dependencies
+
+
+def test_the_lock_honours_pyproject_ranges_and_the_cpu_torch_pair():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = lock.read_lock(LOCKS["cpu"])
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    for req in wanted:
+        name = lock.canonical(req.name)
+        assert name in pins, f"{req.name} is a dependency but not in the lock"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
+    for line in (REPO / "constraints-cpu.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            assert req.specifier.contains(pins[lock.canonical(req.name)]), (line, pins[lock.canonical(req.name)])
+
+
+def test_this_environment_is_exactly_the_lock():
+    """What the suite runs against must be what `make setup` installs on a fresh machine."""
+    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
+        pytest.skip(f"not running in the project's .venv ({sys.prefix}): nothing to compare")
+    assert lock.compare(lock.read_lock(LOCKS["cpu"]), lock.installed()) == []
