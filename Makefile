@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv if missing and
-# install the project into it (re-installing only when pyproject/setup/constraints change).
+# install the project into it at exactly the versions of requirements/cpu.lock (re-installing only
+# when pyproject/setup/the lock change). `make lock` / `make upgrade` move the lock on purpose.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python

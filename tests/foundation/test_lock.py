@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
 
 REPO = Path(__file__).resolve().parents[2]
 LOCKS = {"cpu": REPO / "requirements" / "cpu.lock", "vllm-lane": REPO / "requirements" / "vllm-lane.lock"}
