@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint test-vllm clean lock lock-vllm upgrade
+.PHONY: setup demo test lint test-vllm clean lock lock-image lock-vllm upgrade
 
 $(STAMP): pyproject.toml setup.py $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -65,6 +65,12 @@ upgrade:
 	$(PY) scripts/lock.py diff $(LOCK).before-upgrade $(LOCK)
 	rm -f $(LOCK).before-upgrade
 	rm -rf $(VENV) && $(MAKE) test
+
+## Re-resolve the Docker image's lock (k8s/Dockerfile: the vllm extra, which pins its own torch).
+lock-image:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) scripts/lock.py resolve --keep --extras vllm --constraints requirements/image-policy.txt \
+		--out requirements/image.lock
 
 ## Re-make the vLLM lane's lock: a fresh lane venv at the newest allowed versions, then frozen.
 lock-vllm:

