@@ -74,7 +74,12 @@ def test_parse_box():
 
 @pytest.mark.parametrize("s,letter", [("B", "B"), ("B.", "B"), ("(B)", "B"), ("[B]", "B"), ("B. a red car", "B"),
                                       ("Correct Option: C\n<t>1</t>s to <t>2</t>s", "C"),
-                                      ("Answer: D", "D"), ("a dog", None), ("Because", None), ("", None)])
+                                      ("Answer: D", "D"), ("a dog", None), ("Because", None), ("", None),
+                                      ("From <t>37.4</t>s to <t>39.4</t>s.\nCorrect Option: A", "A"),
+                                      ("B\n<t>1</t>s to <t>2</t>s", "B"), ("B, the dog", "B"), ("B: dog", "B"),
+                                      ("B ", "B"), ("correct option (C) it is", "C"),
+                                      ("A man is walking", None), ("I think it is B", None),
+                                      ("Correct Option: A man", None), ("x" * 5000 + "Correct Option: A", None)])
 def test_option_letter(s, letter):
     assert parse_option_letter(s) == letter
 
