@@ -5,8 +5,9 @@ their rules (not imported: the reference script loads a 72B judge at import): sp
 prediction keyed by exactly `str(gt["timestamp"])`, best IoU over a key's boxes, tIoU of two numbers
 (parsed from the free text when the list is empty), R1/AP thresholds, AM/LGM and the joint rates. The
 LLM judge is replaced on both sides by the same decision (3 when the normalized answers are equal, else
-0), so Acc compares too. Every metric of our report must equal the twin's on the merged file, and the
-twin's own numbers are checked by hand first.
+0), so Acc compares too. Every metric of our report must equal the twin's on the merged file (all but
+the whole-frame random vIoU, which the reference computes as 0 on merged files: docs/fidelity.md V7),
+and the twin's own numbers are checked by hand first.
 """
 
 from __future__ import annotations
