@@ -15,8 +15,11 @@ IoU ≥ τ. Aggregates: means over items, R1@τ, ``AM_c = (Acc + tIoU_c + vIoU_c
 perfect score gives a large finite LGM, not infinity), ``mAM``/``mLGM`` the means over both chains.
 An item without a prediction counts as wrong everywhere and is listed in ``missing_ids``.
 
-Differences from the reference evaluator, on purpose: inverted spans are ordered instead of scored as
-garbage; the spatial ``exact`` mode compares keys as numbers (``"12"`` matches timestamp ``12.0``).
+With default arguments the metrics equal the reference evaluator's on its merged file (tested against
+a twin of its metric rules). Differences on purpose, each with its example in docs/fidelity.md (V1-V8):
+inverted spans are ordered instead of scored as garbage; spatial keys are compared as numbers (``"12"``
+matches timestamp ``12.0``); LGM clips instead of failing on a perfect score; the judge is
+deterministic; the whole-frame random vIoU is computed (the reference's is 0 on merged files).
 """
 
 from __future__ import annotations
