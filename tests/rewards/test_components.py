@@ -129,6 +129,13 @@ def test_answer_tiou_and_think_segment():
     assert comps(temporal(inverted))["answer_tiou"] == 0.0
 
 
+def test_think_segment_counts_a_negative_time_as_outside_the_span():
+    """Deliberately unlike the reference (docs/fidelity.md R8), whose `[\\d.]+` never sees `-3`: a time
+    before the video starts is a wrong time, so it counts and lies outside [5, 9]."""
+    c = "<think><t>-3</t>s <t>6</t>s</think><answer><t>5</t>s to <t>9</t>s</answer>"
+    assert comps(temporal(c))["think_temporal_segment"] == pytest.approx(1 / 2)
+
+
 def test_temporal_mcq_gets_accuracy_and_span_from_answer():
     c = "<think><t>6</t>s</think><answer>Correct Option: B\n<t>5</t>s to <t>9</t>s</answer>"
     got = comps(temporal(c, answer="B\n[5, 9]", span=None, options=["A. [0, 2]", "B. [5, 9]"]))
