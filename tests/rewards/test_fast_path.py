@@ -275,8 +275,12 @@ def test_possessive_patterns_match_what_the_plain_patterns_match():
         P._CLAIM: r"<obj>([^<]*)</obj>((?:\s*<box>[^<]*</box>)+)\s*at\s*<t>([^<]*)</t>\s*s",
         P._BOX_TAG: r"<box>([^<]*)</box>",
         P._T_TAG: r"<t>([^<]*)</t>",
+        P._T_SECONDS: r"<t>([^<]*)</t>\s*s",
+        P._OPTION: r"\s*(?i:answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|[.:,]|[ \t]*(?:\r?\n|$))",
+        P._CORRECT_OPTION: r"(?i:correct\s+option)\s*:?\s*[\(\[]?([A-Z])(?:[\)\]]|[.:,]|[ \t]*(?:\r?\n|$))",
     }
-    texts = _fuzz_texts(13, 6000) + ["<obj>a</obj> \n<box>[1]</box>  <box>x</box>\tat \n<t>2</t> s",
+    texts = _fuzz_texts(13, 6000) + ["Correct Option :  (B)", "correct  option\tC\n", "Answer : D,", " A  \n",
+                                      "<obj>a</obj> \n<box>[1]</box>  <box>x</box>\tat \n<t>2</t> s",
                                       "<obj>a</obj><box>1</box> <box>2</box> a <t>2</t>s", "<t></t><box></box>"]
     for fast_rx, pattern in plain.items():
         slow = re.compile(pattern)
