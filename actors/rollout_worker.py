@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,7 +36,7 @@ from stgrl.reward_service.types import KeyFrame, ScoringSample
 from stgrl.rollout.config import DataConfig, RolloutConfig
 from stgrl.rollout.data.records import Record
 from stgrl.rollout.engine import EnginePrompt, RolloutEngine, SamplingSpec, build_engine
-from stgrl.rollout.video import MediaError, PreparedPrompt, VideoCache, prepare_prompt
+from stgrl.rollout.video import MediaError, PreparedPrompt, VideoCache, prepare_prompt, record_media
 from stgrl.rollout.video import _size_kwargs as image_size_kwargs
 
 logger = logging.getLogger(__name__)
@@ -221,9 +220,7 @@ class RolloutWorkerImpl:
         """vLLM runs its own processor on the frames: hand it the cached decode (no second decode)."""
         if self.spec.rollout.engine != "vllm":
             return EnginePrompt(prepared.model_inputs)
-        record = prepared.record
-        still = record.task == "spatial" and record.image_path is not None
-        media = self.cache.get(Path(self.spec.dataset_dir) / record.media_path, self.spec.data, still=still)
+        media = record_media(prepared.record, self.spec.dataset_dir, self.spec.data, self.cache)
         return EnginePrompt(prepared.model_inputs, images=list(media.frames),
                             processor_kwargs=image_size_kwargs(self.spec.data))
 

@@ -88,9 +88,17 @@ def truncated_is_weights(old_logp: Tensor, behaviour_logp: Tensor, mask: Tensor,
         return torch.exp(masked_seq_mean(old_logp - behaviour_logp, mask)).clamp(max=cap)
 
 
+K3_LOG_RATIO_CLAMP = 10.0
+"""``|ref - logp|`` per token is clamped to this before ``exp`` in the k3 KL, as the reference does:
+one token the policy has moved far from the reference (``d = 800``) would otherwise make
+``exp(d)`` overflow to inf and the loss with it."""
+
+
 def k3_kl(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
-    """Per-sequence k3 estimator of KL(pi_theta || pi_ref): mean_t[exp(d) - d - 1], ``d = ref - logp``."""
-    d = ref_logp - logp
+    """Per-sequence k3 estimator of KL(pi_theta || pi_ref): mean_t[exp(d) - d - 1] with
+    ``d = clamp(ref - logp, -10, 10)`` (:data:`K3_LOG_RATIO_CLAMP`; a clamped token gives no
+    gradient, which bounds what one far-off token can do to the update)."""
+    d = (ref_logp - logp).clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
     return masked_seq_mean(torch.exp(d) - d - 1.0, mask)
 
 

@@ -6,8 +6,11 @@ Scores, all written to `<out>/metrics.json` (predictions to `<out>/predictions.j
 - optionally (`sampled=k`) the same at the training temperature: the mean over k seeded samples per
   prompt (`eval_sampled/...`). This is the quantity RL maximises, E_{y~pi}[r]; greedy decoding only
   sees the policy's mode, so a policy that got better on average can score the same greedily (DESIGN 11);
-- V-STAR metrics for the spatio-temporal items (one completion answers what/when/where; the same
-  answer serves both chains — the model is asked once, not per chain question);
+- V-STAR metrics for the spatio-temporal items, on the V-STAR protocol's two chains: besides the
+  held-out answer (the "what"), each item gets one prompt per chain asking its questions in the
+  chain's order (chain 1 what → when → where, chain 2 what → where → when). A chain's "when" is the
+  span its answer states (`<t>S</t>s to <t>E</t>s`, else two numbers in its text), its "where" the
+  boxes it claims by time; both chains reuse the greedy generation path, so it stays CPU-sized;
 - grounding diagnostics (issue 13): claim box IoU and centre error vs the mean-box and random-box
   baselines, claim time error vs the always-middle baseline;
 - the swapped-video test: target-token loss of each sample's reference answer with its own video vs
@@ -40,24 +43,56 @@ def _scoring_sample(record: Any, completion: str, frame_size: tuple[int, int]):
     )
 
 
-def vstar_prediction(sample_id: str, completion: str, frame_size: tuple[int, int]) -> dict:
-    """V-STAR answers from one completion: the answer text, the span of claim times, boxes by time
-    (the same answers serve both chains: the model is asked once)."""
-    from stgrl.reward_service.parser import parse_completion
+WHEN_FORM = "answer as <t>S</t>s to <t>E</t>s"
+WHERE_FORM = "answer as <obj>name</obj><box>[x1,y1,x2,y2]</box>at<t>T</t>s for each frame"
+
+
+CHAIN_FORMS = ((WHEN_FORM, WHERE_FORM), (WHERE_FORM, WHEN_FORM))
+"""The answer forms of the questions after the "what": chain 1 asks when then where, chain 2 the reverse."""
+
+
+def chain_prompt_question(chain: tuple[str, ...], index: int) -> str:
+    """Chain `index`'s (0 or 1) questions in its order as one prompt's question: the "what" first, then
+    the "when" and "where" questions in the chain's order, each with the answer form it asks for."""
+    what, *rest = chain
+    return "\n".join([what] + [f"{q} ({form})" for q, form in zip(rest, CHAIN_FORMS[index])])
+
+
+def chain_answers(completion: str) -> dict[str, Any]:
+    """The "when" and "where" answers of one chain's completion: the span its answer states (the
+    first two `<t>` of the answer, else a `[S, E]` in it), or `[]` with the answer text in
+    `answer_temporal_pre` for the evaluator's text reading; the boxes of every claim (think and
+    answer) keyed by the claim's time."""
+    from stgrl.reward_service.parser import claim_boxes, parse_claims, parse_completion, predicted_span
 
     parsed = parse_completion(completion)
-    claims = list(parsed.claims)
+    span = predicted_span(parsed)
+    temporal = [span[0], span[1]] if span is not None and all(math.isfinite(v) for v in span) else []
     spatial: dict[str, list[list[float]]] = {}
-    times = []
-    for c in claims:
-        if c.time is None or not math.isfinite(c.time):
+    for claim in parse_claims(completion, 0, len(completion)):
+        t = claim[2]
+        if t is None or not math.isfinite(t):
             continue
-        times.append(c.time)
-        spatial.setdefault(f"{c.time:.1f}", []).extend([list(b) for b in c.boxes if b is not None])
-    span = [min(times), max(times)] if times else []
-    answer = parsed.answer or ""
-    return {"id": sample_id, "answer_vqa": answer, "answer_temporal": span, "answer_spatial": spatial,
-            "answer_temporal_2": span, "answer_spatial_2": spatial, "frame_size": list(frame_size)}
+        boxes = [list(b) for b in claim_boxes(claim) if b is not None]
+        if boxes:
+            spatial.setdefault(f"{t:.1f}", []).extend(boxes)
+    return {"answer_temporal": temporal, "answer_temporal_pre": parsed.answer or "", "answer_spatial": spatial}
+
+
+def vstar_prediction(sample_id: str, completion: str, frame_size: tuple[int, int],
+                     chains: tuple[str, str] | None = None) -> dict:
+    """V-STAR answers of one item: `answer_vqa` from `completion` (the answer to the "what"), each
+    chain's span and boxes from its own completion (`chains`; without them both chains read
+    `completion`, the one-prompt fallback). Boxes are in `frame_size` pixels (the evaluator rescales)."""
+    from stgrl.reward_service.parser import parse_completion
+
+    c1, c2 = chains if chains is not None else (completion, completion)
+    one, two = chain_answers(c1), chain_answers(c2)
+    return {"id": sample_id, "answer_vqa": parse_completion(completion).answer or "",
+            "answer_temporal": one["answer_temporal"], "answer_temporal_pre": one["answer_temporal_pre"],
+            "answer_spatial": one["answer_spatial"],
+            "answer_temporal_2": two["answer_temporal"], "answer_temporal_pre_2": two["answer_temporal_pre"],
+            "answer_spatial_2": two["answer_spatial"], "frame_size": list(frame_size)}
 
 
 def _target_loss(model, processor, prepared: Any, target: str) -> float:
@@ -179,8 +214,27 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
 
         items = load_annotations(vstar_annotations)
         by_id = {p["id"]: p for p in preds}
-        vpreds = [vstar_prediction(i.key, by_id[i.key]["completion"], tuple(by_id[i.key]["frame_size"]))
-                  for i in items if i.key in by_id]
+        prepared_by_id = {p.record.id: p for p in prepared_all}
+        vpreds = []
+        for item in items:
+            if item.key not in by_id or item.key not in prepared_by_id:
+                continue
+            chains = None
+            if len(item.chains) == 2:  # one prompt per chain, in the chain's question order
+                rec = prepared_by_id[item.key].record
+                chains = tuple(
+                    engine.generate_group(EnginePrompt(model_inputs=prepare_prompt(
+                        msgspec.structs.replace(rec, question=chain_prompt_question(chain, c)), processor,
+                        cfg.data, dataset_dir, cache).model_inputs), 1, sampling)[0].text
+                    for c, chain in enumerate(item.chains))
+            else:
+                log.warning("V-STAR item %s has no chain questions: both chains read the held-out answer",
+                            item.key)
+            vpreds.append(vstar_prediction(item.key, by_id[item.key]["completion"],
+                                           tuple(by_id[item.key]["frame_size"]), chains))  # type: ignore[arg-type]
+        with (out_dir / "vstar_predictions.jsonl").open("w") as fh:
+            for vp in vpreds:
+                fh.write(json.dumps(vp) + "\n")
         wanted = {p["id"] for p in vpreds}
         items = [i for i in items if i.key in wanted]
         if items:

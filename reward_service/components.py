@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from stgrl.reward_service.geometry import box_iou, clamp_box, interval_iou, match_score
+from stgrl.reward_service.geometry import clamp_box, interval_iou, match_score
 from stgrl.reward_service.parser import (
     Claim,
     ParsedCompletion,
@@ -71,16 +71,19 @@ def all_gt_boxes(key_items: dict[str, dict[str, list[Box]]]) -> list[Box]:
 
 
 def answer_viou(parsed: ParsedCompletion, gt_boxes: list[Box], frame_size: list[float]) -> float:
-    """Best IoU of any answer box (pixels of the resized image) with any normalized ground-truth box."""
+    """Optimal one-to-one matching of the answer's boxes (pixels of the resized image) with the
+    normalized ground-truth boxes, sum of matched IoUs / max(#pred, #gt), as for claims.
+
+    **[fix]** "best IoU of any answer box" let an answer that lists a blind grid of boxes (2x2 to 5x5
+    tilings, 54 boxes) score up to 0.58 without looking at the image; here each extra box costs, so
+    that grid scores about 1/54 of its best box and one exact box still scores 1. A malformed box
+    counts as a predicted box that matches nothing."""
+    if not parsed.answer_boxes or not gt_boxes:
+        return 0.0
     w, h = _frame(frame_size)
-    best = 0.0
-    for b in parsed.answer_boxes:
-        if b is None:
-            continue
-        nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
-        for g in gt_boxes:
-            best = max(best, box_iou(nb, clamp_box(g)))
-    return unit(best)
+    pred = [None if b is None else clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
+            for b in parsed.answer_boxes]
+    return unit(match_score(pred, [clamp_box(g) for g in gt_boxes]))
 
 
 # ------------------------------------------------------------------------------------- temporal
@@ -121,9 +124,10 @@ def proximity(t: float | None, key_frames: list[KeyFrame], sigma: float) -> floa
 
 def temporal_proximity(parsed: ParsedCompletion, key_frames: list[KeyFrame], sigma: float,
                        scope: str = "claims") -> float:
-    """Mean proximity over the claims' times (`scope="claims"`) or over every `<t>` in the think
-    (`scope="all"`, the reference); 0 when there is nothing to average."""
-    times = [c.time for c in parsed.claims] if scope == "claims" else parsed.think_times
+    """Mean proximity over the claims' times (`scope="claims"`) or over every `<t>X</t>s` mention in
+    the think (`scope="all"`, the reference: a bare `<t>X</t>` without the `s` is not counted); 0 when
+    there is nothing to average."""
+    times = [c.time for c in parsed.claims] if scope == "claims" else parsed.think_second_times
     if not times or not key_frames:
         return 0.0
     return unit(sum(proximity(t, key_frames, sigma) for t in times) / len(times))

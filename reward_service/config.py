@@ -34,7 +34,8 @@ class RewardConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     sigma_min: PosFloat = 1.0
     """Adaptive proximity: final (minimum) sigma."""
     proximity_scope: Literal["claims", "all"] = "claims"
-    """`claims`: mean over claim times; `all`: every <t> in the think (the reference's behaviour)."""
+    """`claims`: mean over claim times; `all`: every `<t>X</t>s` mention in the think, as the reference
+    (its pattern is `<t>([\\d.]+)</t>s`: a `<t>X</t>` without the `s` is not a mention)."""
     object_match: Literal["name", "any"] = "name"
     """`name`: boxes are compared with the same object's ground truth; `any` ignores names (reference)."""
     spatial_mode: Literal["gated", "plain"] = "gated"

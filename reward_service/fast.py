@@ -42,6 +42,7 @@ from stgrl.reward_service.parser import (
     _MISSING,
     _NUMBERS,
     _T_TAG,
+    MAX_ANSWER_SCAN_CHARS,
     RawClaim,
     blocks,
     claim_boxes,
@@ -51,6 +52,7 @@ from stgrl.reward_service.parser import (
     parse_number,
     parse_option_letter,
     parse_span_text,
+    second_times_in,
     times_in,
 )
 from stgrl.reward_service.text import (
@@ -59,7 +61,7 @@ from stgrl.reward_service.text import (
     rouge_mean_f1_ref,
     rouge_reference,
 )
-from stgrl.reward_service.types import COMPONENTS, TASKS, Box, ScoringSample
+from stgrl.reward_service.types import TASKS, Box, ScoringSample
 
 FrameTruth = dict[str, list[Box]] | list[list[Box]]
 """One key frame's ground truth: `{normalised name: clamped boxes}` (`object_match="name"`) or the
@@ -73,8 +75,8 @@ class Run:
 
     def __init__(self, step: int, total_steps: int, cfg: RewardConfig) -> None:
         self.cfg = cfg
-        self.w = tuple(getattr(cfg.weights, name) for name in COMPONENTS)
-        """The weights in `COMPONENTS` order."""
+        self.w = cfg.weights
+        """The weights by component name (`run.w.spatial_gated`): a name cannot pick the wrong slot."""
         sigma = curriculum_sigma(step, total_steps, cfg.sigma0, cfg.sigma_min)
         self.den = 2.0 * sigma * sigma
         """`2 sigma^2`, the denominator `components.proximity` computes per call."""
@@ -373,7 +375,7 @@ def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth
             return 0.0, spatial
         p = sum(prox) / len(prox)
         return (0.0 if not p > 0.0 else (1.0 if p > 1.0 else p)), spatial
-    think_times = times_in(text, think)
+    think_times = second_times_in(text, think)  # `<t>X</t>s` mentions only, as `components`
     if not think_times or not has_frames:
         return 0.0, spatial
     return _mean_proximity(think_times, truth, den), spatial
@@ -394,7 +396,7 @@ def _mean_proximity(ts: list[float | None], truth: Truth, den: float) -> float:
 
 def _predicted_span(text: str, answer: Span) -> tuple[float, float] | None:
     """`parser.predicted_span` on the answer's span: the first two `<t>` times (only those two are
-    read), else a `[S, E]` in the answer's first 4,096 characters when it has no `<t>` at all."""
+    read), else a `[S, E]` in the answer's first `MAX_ANSWER_SCAN_CHARS` (4,096) characters when it has no `<t>` at all."""
     if answer is None:
         return None
     c, d = answer
@@ -408,7 +410,7 @@ def _predicted_span(text: str, answer: Span) -> tuple[float, float] | None:
             e = parse_number(found[1])
         return None if s is None or e is None else (s, e)
     if not found:
-        return parse_span_text(text[c : d if d - c <= 4096 else c + 4096])
+        return parse_span_text(text[c : d if d - c <= MAX_ANSWER_SCAN_CHARS else c + MAX_ANSWER_SCAN_CHARS])
     return None
 
 
@@ -436,9 +438,9 @@ def score_spatio_temporal(text: str, think: Span, answer: Span, wf: bool | None,
     w = run.w
     if run.plain:
         return ({"format": fmt, "answer_accuracy": acc, "spatial_gated": spatial},
-                0 + w[0] * fmt + w[1] * acc + w[6] * spatial)
+                0 + w.format * fmt + w.answer_accuracy * acc + w.spatial_gated * spatial)
     return ({"format": fmt, "answer_accuracy": acc, "temporal_proximity": prox, "spatial_gated": spatial},
-            0 + w[0] * fmt + w[1] * acc + w[5] * prox + w[6] * spatial)
+            0 + w.format * fmt + w.answer_accuracy * acc + w.temporal_proximity * prox + w.spatial_gated * spatial)
 
 
 def score_temporal(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
@@ -469,32 +471,29 @@ def score_temporal(text: str, think: Span, answer: Span, wf: bool | None, truth:
     if truth.options:
         acc = _accuracy(text, answer, truth)
         return ({"format": fmt, "answer_accuracy": acc, "answer_tiou": tiou, "think_temporal_segment": segment},
-                0 + w[0] * fmt + w[1] * acc + w[2] * tiou + w[4] * segment)
+                0 + w.format * fmt + w.answer_accuracy * acc + w.answer_tiou * tiou + w.think_temporal_segment * segment)
     return ({"format": fmt, "answer_tiou": tiou, "think_temporal_segment": segment},
-            0 + w[0] * fmt + w[2] * tiou + w[4] * segment)
+            0 + w.format * fmt + w.answer_tiou * tiou + w.think_temporal_segment * segment)
 
 
 def score_spatial(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
     truth.all_boxes()
-    best = 0.0
+    viou = 0.0
     if answer is not None:
         found = _BOX_TAG.findall(text, answer[0], answer[1])
-        if found:
+        gts = truth.image_boxes() if found else None
+        if gts:
+            # `components.answer_viou`: one-to-one matching of every answer box (malformed: None)
             w, h = truth.wh
-            gts = truth.image_boxes()
-            for b in map(parse_box, found):
-                if b is None:
-                    continue
-                nb = clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
-                for g in gts:
-                    v = box_iou(nb, g)
-                    if v > best:  # max(best, v)
-                        best = v
-    viou = 0.0 if not best > 0.0 else (1.0 if best > 1.0 else best)
+            pred = [None if b is None else clamp_box([b[0] / w, b[1] / h, b[2] / w, b[3] / h])
+                    for b in map(parse_box, found)]
+            v = _match(pred, gts)
+            viou = 0.0 if not v > 0.0 else (1.0 if v > 1.0 else v)
     if wf is None:
         wf = form_by_counts(text, think, answer)
     fmt = 1.0 if wf else 0.0
-    return {"format": fmt, "answer_viou": viou}, 0 + run.w[0] * fmt + run.w[3] * viou
+    w = run.w
+    return {"format": fmt, "answer_viou": viou}, 0 + w.format * fmt + w.answer_viou * viou
 
 
 def score_general(text: str, think: Span, answer: Span, wf: bool | None, truth: Truth, run: Run) -> Scored:
@@ -502,7 +501,7 @@ def score_general(text: str, think: Span, answer: Span, wf: bool | None, truth: 
         wf = form_by_counts(text, think, answer)
     fmt = 1.0 if wf else 0.0
     acc = _accuracy(text, answer, truth)
-    return {"format": fmt, "answer_accuracy": acc}, 0 + run.w[0] * fmt + run.w[1] * acc
+    return {"format": fmt, "answer_accuracy": acc}, 0 + run.w.format * fmt + run.w.answer_accuracy * acc
 
 
 BY_TASK = {"spatio_temporal": score_spatio_temporal, "temporal": score_temporal, "spatial": score_spatial,

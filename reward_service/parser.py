@@ -36,13 +36,25 @@ _BOX = re.compile(rf"\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]\
 _CLAIM = re.compile(r"<obj>([^<]*+)</obj>((?:\s*+<box>[^<]*+</box>)++)\s*+at\s*+<t>([^<]*+)</t>\s*+s")
 _BOX_TAG = re.compile(r"<box>([^<]*+)</box>")
 _T_TAG = re.compile(r"<t>([^<]*+)</t>")
+_T_SECONDS = re.compile(r"<t>([^<]*+)</t>\s*+s")
+"""A time mention with its unit, `<t>X</t>s` (whitespace before the `s` tolerated, as in claims): what
+the reference's proximity reward averages over (`<t>([\\d.]+)</t>s`); a bare `<t>X</t>` is not one."""
 _INT = r"([0-9]{1,60})"
 _INT_BOX = re.compile(rf"\[{_INT},{_INT},{_INT},{_INT}\]")
 """`[int,int,int,int]` in ASCII digits, at most 60 per number: always a strict `_BOX` match, finite,
 within `MAX_BOX_CHARS`, and each number read by `float` as the strict path reads it."""
 _INT_BOX_TAG = re.compile(rf"\s*+<box>\[{_INT},{_INT},{_INT},{_INT}\]")
 _INT_BOX_TAGS = re.compile(rf"\s*+<box>\[{_INT},{_INT},{_INT},{_INT}\]</box>")
-_OPTION = re.compile(r"\s*(?i:correct\s+option\s*:?|answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|\.|:|\s|$)")
+_LETTER_END = r"(?:[\)\]]|[.:,]|[ \t]*+(?:\r?\n|$))"
+"""What must follow an option letter: a closing bracket, `.`, `:`, `,`, or the end of the line or text
+("A man is walking" is not option A, "I think it is B" is not option I)."""
+# Possessive whitespace runs: what follows each (`:`, a bracket, a letter, a line end) is never
+# whitespace, so giving some back never helps - and a plain `\s*:?\s*` backtracks quadratically on a
+# long run of spaces after "correct option" (1.3 s for 4 KB, measured; this form: linear).
+_OPTION = re.compile(rf"\s*+(?i:answer\s*+:)?\s*+[\(\[]?([A-Z]){_LETTER_END}")
+_CORRECT_OPTION = re.compile(rf"(?i:correct\s++option)\s*+:?\s*+[\(\[]?([A-Z]){_LETTER_END}")
+"""`Correct Option: X` anywhere in the answer: the reference's temporal-MCQ prompt asks for the span
+first and the option after it (`From <t>37.4</t>s to <t>39.4</t>s.\nCorrect Option: A`)."""
 _BRACKET_SPAN = re.compile(r"\[([^\[\]]{1,128})\]")
 
 FORM = re.compile(
@@ -63,6 +75,9 @@ MAX_NUMBER_CHARS = 64
 """A number longer than this is malformed (keeps float() and the pattern on bounded input)."""
 MAX_BOX_CHARS = 256
 MAX_NAME_CHARS = 256
+MAX_ANSWER_SCAN_CHARS = 4096
+"""The answer's free-text readings (`[S, E]` span fallback, `Correct Option: X`) look at this many
+characters at most: a huge answer costs a bounded scan."""
 
 
 @dataclass(slots=True)
@@ -219,6 +234,11 @@ def times_in(text: str, span: tuple[int, int] | None) -> list[float | None]:
     return got if None not in got else list(map(parse_number, found))  # a miss, or a malformed time
 
 
+def second_times_in(text: str, span: tuple[int, int] | None) -> list[float | None]:
+    """Every `<t>X</t>s` in `text[span]`, read by `parse_number` (`think_second_times`)."""
+    return [] if span is None else list(map(parse_number, _T_SECONDS.findall(text, *span)))
+
+
 def boxes_in(text: str, span: tuple[int, int] | None) -> list[list[float] | None]:
     """Every `<box>X</box>` in `text[span]`, read by `parse_box` (`answer_boxes`)."""
     return [] if span is None else list(map(parse_box, _BOX_TAG.findall(text, *span)))
@@ -231,7 +251,7 @@ class ParsedCompletion:
     access on Python 3.11, which cost more than the parsing.)"""
 
     __slots__ = ("text", "_think", "_answer", "_well_formed", "_claims", "_raw_claims", "_think_times",
-                 "_answer_times", "_answer_boxes", "_think_tags", "_answer_tags")
+                 "_answer_times", "_answer_boxes", "_think_tags", "_answer_tags", "_think_second_times")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -243,6 +263,7 @@ class ParsedCompletion:
         self._think_times: list[float | None] | None = None
         self._answer_times: list[float | None] | None = None
         self._answer_boxes: list[list[float] | None] | None = None
+        self._think_second_times: list[float | None] | None = None
         # how many `<` of the think / the answer the parts read so far consist of (tags of complete
         # claims, `<t>X</t>` or `<box>X</box>`, each balanced); lets `well_formed` skip its counts
         self._think_tags = -1
@@ -346,6 +367,14 @@ class ParsedCompletion:
         return self._think_times
 
     @property
+    def think_second_times(self) -> list[float | None]:
+        """Every `<t>X</t>s` in the think (a time with its unit), in order (None where X is not a
+        finite number): `proximity_scope="all"` averages over these, as the reference does."""
+        if self._think_second_times is None:
+            self._think_second_times = second_times_in(self.text, self._think)
+        return self._think_second_times
+
+    @property
     def answer_times(self) -> list[float | None]:
         if self._answer_times is None:
             found = [] if self._answer is None else _T_TAG.findall(self.text, *self._answer)
@@ -390,10 +419,14 @@ def parse_completion(text: str) -> ParsedCompletion:
 
 
 def parse_option_letter(text: str) -> str | None:
-    """The option letter of a multiple-choice answer: `X`, `X.`, `(X)`, `[X]`, `X. text`, also after
-    `Correct Option:` (temporal MCQ) or `Answer:`. Letters are capitals only, so a free-form
-    "a dog" is not option A. None if there is none."""
-    m = _OPTION.match(text, 0, MAX_BOX_CHARS)  # as on text[:MAX_BOX_CHARS], without the copy
+    """The option letter of a multiple-choice answer: `Correct Option: X` anywhere in the answer's
+    first `MAX_ANSWER_SCAN_CHARS` characters (temporal MCQ, where the reference prompt puts it after
+    the span), else an answer that starts with `X`, `X.`, `(X)`, `[X]`, `X. text` or `Answer: X`.
+    A letter must be followed by a delimiter or the end of the line (`_LETTER_END`), and letters are
+    capitals only, so neither "a dog" nor "A man is walking" is option A. None if there is none."""
+    m = _CORRECT_OPTION.search(text, 0, MAX_ANSWER_SCAN_CHARS)
+    if m is None:
+        m = _OPTION.match(text, 0, MAX_BOX_CHARS)  # as on text[:MAX_BOX_CHARS], without the copy
     return m.group(1) if m else None
 
 
@@ -417,5 +450,5 @@ def predicted_span(parsed: ParsedCompletion) -> tuple[float, float] | None:
             return None
         return times[0], times[1]
     if parsed.answer is not None and not parsed.answer_times:
-        return parse_span_text(parsed.answer[:4096])
+        return parse_span_text(parsed.answer[:MAX_ANSWER_SCAN_CHARS])
     return None

@@ -52,6 +52,15 @@ def sample_frame_indices(
     return sorted(set(idx))
 
 
+def with_frames_at(indices: list[int], times: Any, native_fps: float, num_frames: int) -> list[int]:
+    """`indices` plus the native frame nearest to each of `times` (seconds), sorted and unique: the
+    record's `extra_frame_times` spliced into the sampled frames at their true positions."""
+    if not times or num_frames <= 0 or native_fps <= 0:
+        return indices
+    extra = {min(num_frames - 1, max(0, round(float(t) * native_fps))) for t in times}
+    return sorted(set(indices) | extra)
+
+
 def frame_time(index: int, native_fps: float) -> float:
     """True timestamp of a native frame, rounded to 0.1 s (the label the model sees)."""
     return round(index / native_fps, 1)
@@ -77,8 +86,10 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def decode_video(path: Path, data_cfg: DataConfig, digest: str | None = None) -> DecodedVideo:
-    """Decode the sampled frames of `path` with decord; raises `MediaError` on any failure."""
+def decode_video(path: Path, data_cfg: DataConfig, digest: str | None = None,
+                 extra_times: tuple[float, ...] = ()) -> DecodedVideo:
+    """Decode the sampled frames of `path` with decord, plus the frames at `extra_times`
+    (`with_frames_at`); raises `MediaError` on any failure."""
     import decord
 
     if not path.is_file():
@@ -88,6 +99,7 @@ def decode_video(path: Path, data_cfg: DataConfig, digest: str | None = None) ->
         n = len(vr)
         fps = float(vr.get_avg_fps())
         idx = sample_frame_indices(n, fps, data_cfg.fps, data_cfg.min_frames, data_cfg.max_frames)
+        idx = with_frames_at(idx, extra_times, fps, n)
         if not idx:
             raise MediaError(f"video has no frames: {path}")
         frames = vr.get_batch(idx).asnumpy()
@@ -137,12 +149,15 @@ class VideoCache:
                 self._hashes[key] = digest
         return digest
 
-    def get(self, path: Path, data_cfg: DataConfig, still: bool = False) -> DecodedVideo:
-        """Sampled frames of `path` (decoded on first use); raises `MediaError`."""
+    def get(self, path: Path, data_cfg: DataConfig, still: bool = False,
+            extra_times: tuple[float, ...] = ()) -> DecodedVideo:
+        """Sampled frames of `path` (decoded on first use), with the frames at `extra_times` spliced
+        in (videos only); raises `MediaError`."""
         if not path.is_file():
             raise MediaError(f"{'image' if still else 'video'} not found: {path}")
         digest = self._digest(path)
-        key = (digest, still, data_cfg.fps, data_cfg.min_frames, data_cfg.max_frames)
+        extra_times = () if still else tuple(extra_times)
+        key = (digest, still, data_cfg.fps, data_cfg.min_frames, data_cfg.max_frames, extra_times)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -153,7 +168,7 @@ class VideoCache:
             item = DecodedVideo(frames=load_image(path), indices=[0], times=[0.0], native_fps=1.0,
                                 num_frames=1, file_hash=digest)
         else:
-            item = decode_video(path, data_cfg, digest)
+            item = decode_video(path, data_cfg, digest, extra_times)
         with self._lock:
             self._items[key] = item
             while len(self._items) > self.capacity:
@@ -179,6 +194,15 @@ def _size_kwargs(data_cfg: DataConfig) -> dict[str, Any]:
                      "longest_edge": data_cfg.max_pixels_per_frame}}
 
 
+def record_media(record: Record, dataset_dir: str | Path, data_cfg: DataConfig, cache: VideoCache) -> DecodedVideo:
+    """The frames a record's prompt shows: its still image (a spatial record with `image_path`) or
+    its sampled video frames with `record.extra_frame_times` spliced in. Every caller that needs a
+    record's pixels goes through here, so the processor and the engines see the same frames."""
+    still = record.task == "spatial" and record.image_path is not None
+    return cache.get(Path(dataset_dir) / record.media_path, data_cfg, still=still,
+                     extra_times=tuple(record.extra_frame_times))
+
+
 def prepare_prompt(
     record: Record,
     processor: Any,
@@ -189,8 +213,7 @@ def prepare_prompt(
     """Decode (cached), build the chat prompt with `Frame k at {t}s:` labels, run the processor
     once. Raises `MediaError` when the media is missing or corrupt."""
     cache = cache or VideoCache(capacity=1)
-    still = record.task == "spatial" and record.image_path is not None
-    media = cache.get(Path(dataset_dir) / record.media_path, data_cfg, still=still)
+    media = record_media(record, dataset_dir, data_cfg, cache)
     messages = build_messages(record, media.times)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=list(media.frames), return_tensors="pt",

@@ -82,8 +82,27 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Parses options and positionals in any order (`parse_known_intermixed_args`): with plain parsing,
+    `score IN --step 3 KEY=VALUE` binds `IN` and an empty `KEY=VALUE` list before `--step`, and the
+    override after it is an "unrecognized argument". The subparser action calls `parse_known_args`;
+    the intermixed parse calls it again internally, which the flag passes through."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="rewards_command", metavar="SUBCOMMAND", required=True)
+    sub = parser.add_subparsers(dest="rewards_command", metavar="SUBCOMMAND", required=True,
+                                parser_class=_IntermixedParser)
     p = sub.add_parser("score", help="score a JSONL file of completions",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _configure_score(p)

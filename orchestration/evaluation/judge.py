@@ -14,10 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from stgrl.orchestration.evaluation.geometry import answer_text
+from stgrl.reward_service.parser import parse_option_letter
 
-# "B", "B.", "(B)", "[B]", "B. text", "Correct Option: B"; the letter itself must be upper case so
-# that a free-form "a red car" is not read as option A.
-_OPTION = re.compile(r"^\s*(?i:correct\s+option\s*:?\s*)?[\(\[]?([A-Z])(?:[\)\]\.:,]|\s|$)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
@@ -38,23 +36,25 @@ def normalize_answer(text: str) -> str:
 
 
 def option_letter(text: str, options: Sequence[str] | None = None) -> str | None:
-    """The option letter an answer starts with (``B``, ``B.``, ``(B)``, ``[B]``, ``B. text``,
-    ``Correct Option: B``), or None.
+    """The option letter of an answer, read as the reward reads it
+    (:func:`stgrl.reward_service.parser.parse_option_letter`: ``Correct Option: B`` anywhere, else an
+    answer starting ``B``, ``B.``, ``(B)``, ``[B]``, ``B. text``; the letter followed by a delimiter
+    or the end, so "A man is walking" is not option A), or None.
 
     With ``options`` given, a bare option text (``"red"`` for ``"B. red"``) also maps to its letter,
     and letters outside the option range are rejected.
     """
     text = answer_text(text)
     letters = [chr(ord("A") + i) for i in range(len(options))] if options else None
-    m = _OPTION.match(text)
-    if m and (letters is None or m.group(1) in letters):
-        return m.group(1)
+    letter = parse_option_letter(text)
+    if letter is not None and (letters is None or letter in letters):
+        return letter
     if options:
         norm = normalize_answer(text)
-        for letter, opt in zip(letters or [], options):
+        for opt_letter, opt in zip(letters or [], options):
             body = re.sub(r"^\s*[A-Z][\.\)]\s*", "", opt)
             if norm and norm == normalize_answer(body):
-                return letter
+                return opt_letter
     return None
 
 

@@ -5,15 +5,21 @@ reference evaluator's single merged list (annotation fields and ``answer_*`` fie
 see :func:`split_merged`) so numbers are comparable with published ones.
 
 Per item: Acc from a pluggable judge; tIoU of the predicted span per chain; per ground-truth frame the
-IoU of the predicted box whose time is nearest (``spatial_match="nearest"``, default) or whose key
-equals the frame's timestamp (``"exact"``, the reference's rule); AP@τ = fraction of the item's frames
-with IoU ≥ τ. Aggregates: means over items, R1@τ, ``AM_c = (Acc + tIoU_c + vIoU_c) / 3``,
+IoU of the box predicted at exactly the frame's timestamp (``spatial_match="exact"``, the default and
+the reference evaluator's rule: a frame without a prediction at its timestamp scores 0) or at the
+nearest predicted time however far away (``"nearest"``, an option whose numbers are NOT comparable
+with published ones: 3 GT frames at 2, 3 and 4 s and one prediction at 2 s give vIoU 0.828 and
+AP@0.5 1.0 where the reference gives 0.333 and 0.333); AP@τ = fraction of the item's frames with
+IoU ≥ τ. Aggregates: means over items, R1@τ, ``AM_c = (Acc + tIoU_c + vIoU_c) / 3``,
 ``LGM_c = −[ln(1−Acc) + ln(1−tIoU_c) + ln(1−vIoU_c)] / 3`` with each ``1 − x`` clipped to ≥ 1e-6 (a
 perfect score gives a large finite LGM, not infinity), ``mAM``/``mLGM`` the means over both chains.
 An item without a prediction counts as wrong everywhere and is listed in ``missing_ids``.
 
-Differences from the reference evaluator, on purpose: inverted spans are ordered instead of scored as
-garbage; the spatial ``exact`` mode compares keys as numbers (``"12"`` matches timestamp ``12.0``).
+With default arguments the metrics equal the reference evaluator's on its merged file (tested against
+a twin of its metric rules). Differences on purpose, each with its example in docs/fidelity.md (V1-V8):
+inverted spans are ordered instead of scored as garbage; spatial keys are compared as numbers (``"12"``
+matches timestamp ``12.0``); LGM clips instead of failing on a perfect score; the judge is
+deterministic; the whole-frame random vIoU is computed (the reference's is 0 on merged files).
 """
 
 from __future__ import annotations
@@ -35,7 +41,11 @@ log = logging.getLogger(__name__)
 AP_THRESHOLDS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 R1_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 LGM_EPS = 1e-6
-SpatialMatch = Literal["nearest", "exact"]
+SpatialMatch = Literal["exact", "nearest"]
+DEFAULT_SPATIAL_MATCH: SpatialMatch = "exact"
+"""The reference evaluator's rule; the only one whose numbers compare with published V-STAR results."""
+NOT_COMPARABLE = "nearest"
+"""The spatial rule whose numbers are not comparable with published ones (reported as such)."""
 
 # Fields that belong to the model's answer in the reference's merged list.
 PREDICTION_FIELDS: tuple[str, ...] = (
@@ -67,6 +77,10 @@ class VStarItem(msgspec.Struct, frozen=True):
     options: tuple[str, ...] | None = None
     answer_option: str | None = None
     """The correct option letter when the item is multiple choice (our export's ``answer_option``)."""
+    chains: tuple[tuple[str, ...], ...] = ()
+    """The questions of chain 1 (what, when, where) and chain 2 (what, where, when), when the
+    annotation has them (``chain1``/``chain2``, or ``temporal_question``/``spatial_question`` and
+    their ``_2`` forms): what ``stgrl eval run`` asks, one prompt per chain."""
 
 
 class VStarPrediction(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -190,6 +204,21 @@ def _gt_frames(raw: Any, fps: float | None) -> tuple[GTFrame, ...]:
     return tuple(frames)
 
 
+def chain_questions(raw: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """The two chains' questions of an annotation: its ``chain1``/``chain2`` lists, else built from
+    ``question`` + ``temporal_question`` + ``spatial_question`` (chain 2: ``spatial_question_2``
+    then ``temporal_question_2``, each falling back to the chain-1 form); () without both."""
+    given = [raw.get("chain1"), raw.get("chain2")]
+    if all(isinstance(c, list) and c and all(isinstance(q, str) for q in c) for c in given):
+        return tuple(tuple(c) for c in given)  # type: ignore[union-attr]
+    what, when, where = raw.get("question"), raw.get("temporal_question"), raw.get("spatial_question")
+    if not (isinstance(what, str) and isinstance(when, str) and isinstance(where, str)):
+        return ()
+    when2 = raw.get("temporal_question_2") if isinstance(raw.get("temporal_question_2"), str) else when
+    where2 = raw.get("spatial_question_2") if isinstance(raw.get("spatial_question_2"), str) else where
+    return ((what, when, where), (what, where2, when2))
+
+
 def item_from_dict(raw: dict[str, Any], key: str) -> VStarItem:
     """Normalise one annotation object (our export or the public V-STAR file) into a VStarItem."""
     fps = _float(raw.get("fps"))
@@ -215,6 +244,7 @@ def item_from_dict(raw: dict[str, Any], key: str) -> VStarItem:
         domain=str(raw.get("domain") or "unknown"),
         options=tuple(str(o) for o in options) if isinstance(options, list) and options else None,
         answer_option=str(raw["answer_option"]).strip() if raw.get("answer_option") else None,
+        chains=chain_questions(raw),
     )
 
 
@@ -312,10 +342,11 @@ def predicted_boxes(value: Any, scale: tuple[float, float] = (1.0, 1.0)) -> list
 
 
 def frame_ious(
-    frames: Sequence[GTFrame], preds: Sequence[tuple[float, list[Box]]], match: SpatialMatch = "nearest"
+    frames: Sequence[GTFrame], preds: Sequence[tuple[float, list[Box]]], match: SpatialMatch = DEFAULT_SPATIAL_MATCH
 ) -> list[float]:
-    """IoU per ground-truth frame: best IoU among the boxes predicted for the nearest predicted time
-    (``nearest``) or for exactly the frame's time (``exact``); 0 when no prediction applies."""
+    """IoU per ground-truth frame: best IoU among the boxes predicted for exactly the frame's time
+    (``exact``, the reference) or for the nearest predicted time (``nearest``, not comparable); 0 when
+    no prediction applies."""
     ious = []
     for f in frames:
         if not preds:
@@ -346,7 +377,7 @@ def _chain(item: VStarItem, span_value: Any, span_text: str | None, spatial: Any
 
 
 def score_item(
-    item: VStarItem, pred: VStarPrediction | None, judge: Judge, match: SpatialMatch = "nearest"
+    item: VStarItem, pred: VStarPrediction | None, judge: Judge, match: SpatialMatch = DEFAULT_SPATIAL_MATCH
 ) -> ItemScore:
     """Score one item; ``pred=None`` (missing) scores 0 on everything."""
     whole_span = [0.0, item.duration] if item.duration else None
@@ -433,10 +464,13 @@ def evaluate(
     items: Sequence[VStarItem],
     predictions: Sequence[VStarPrediction],
     judge: Judge | None = None,
-    spatial_match: SpatialMatch = "nearest",
+    spatial_match: SpatialMatch = DEFAULT_SPATIAL_MATCH,
 ) -> VStarReport:
     """Score every item against its prediction (matched by id) and aggregate overall and per domain."""
     judge = judge if judge is not None else DeterministicJudge()
+    if spatial_match == NOT_COMPARABLE:
+        log.warning("spatial_match=%s: vIoU/AP are NOT comparable with published V-STAR numbers "
+                    "(the reference scores a frame without a prediction at its timestamp 0)", spatial_match)
     by_id: dict[str, VStarPrediction] = {}
     for p in predictions:
         if p.id in by_id:
@@ -476,6 +510,8 @@ def render_tables(report: VStarReport, title: str = "V-STAR") -> list[Any]:
     """Rich tables: the paper's columns (overall and per domain), then per-chain details."""
     from rich.table import Table
 
+    if report.spatial_match == NOT_COMPARABLE:
+        title = f"{title} [spatial match '{report.spatial_match}': NOT comparable with published numbers]"
     main = Table(title=f"{title} (%, n={report.overall.n_items}, missing={report.overall.n_missing})")
     main.add_column("split")
     for col in MAIN_COLUMNS:

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from stgrl.rollout.config import DataConfig
 from stgrl.rollout.data.reader import read_records
 from stgrl.rollout.data.records import Record
-from stgrl.rollout.video import VideoCache
+from stgrl.rollout.video import VideoCache, record_media
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ CAPTION_W = 300
 
 
 def _row(record: Record, dataset_dir: Path, cache: VideoCache, data_cfg: DataConfig) -> Image.Image:
-    still = record.task == "spatial" and record.image_path is not None
-    media = cache.get(dataset_dir / record.media_path, data_cfg, still=still)
+    media = record_media(record, dataset_dir, data_cfg, cache)
     key_at = {round(k.time, 1): str(k.idx) for k in record.key_frames}
     tiles = []
     shown = list(zip(media.frames, media.times))

@@ -54,6 +54,11 @@ class Record(Struct, forbid_unknown_fields=True, kw_only=True):
     reasoning: str = ""
     box_space: Literal["pixels", "normalized"] = "pixels"
     source: str = ""
+    extra_frame_times: list[Annotated[float, Meta(ge=0.0)]] = []
+    """Times (s) of frames the video sampler always shows besides its fps grid, each at the native
+    frame nearest to it (and labelled with that frame's true time). The STGR import lists the
+    annotated key frames here, as the reference splices them into the sampled frames: without them
+    the frame whose boxes are the ground truth may never be shown, yet the reward asks for its time."""
 
     def __post_init__(self) -> None:
         # Cross-field rules; msgspec turns the ValueError into a ValidationError with the message.

@@ -12,7 +12,12 @@ STGR items carry `task`, `question`, `answer`, `video_path`/`image_path`, `key_f
 | temporal QA (MCQ) | temporal with options, answer "X\\n[s, e]" |
 | visual QA | spatial: boxes in original image pixels, rescaled to the processor's resized size |
 
-Key-frame image paths (`path`) are dropped: our prompts show sampled frames only.
+Key frames are spliced into the sampled frames at their true times, as the reference does with its
+key-frame images: a video record lists its key-frame times in `extra_frame_times`, and the video
+sampler always shows the native frame nearest each of them (labelled with that frame's true time).
+Without them the frame whose boxes are the ground truth may never be shown, while temporal gating and
+proximity reward citing its time. The key-frame image files (`path`) themselves are not needed: the
+frames are decoded from the video.
 """
 
 from __future__ import annotations
@@ -99,6 +104,11 @@ def _relocate(p: str | None, root: str | None, out_dir: Path) -> str | None:
     return os.path.relpath(Path(root) / p, out_dir)
 
 
+def key_frame_times(key_frames: list[KeyFrame]) -> list[float]:
+    """The distinct key-frame times, in order: the frames the video sampler must always show."""
+    return sorted({kf.time for kf in key_frames})
+
+
 def convert_item(
     item: dict[str, Any],
     n: int,
@@ -160,6 +170,7 @@ def convert_item(
         reasoning=reasoning,
         box_space=box_space,  # type: ignore[arg-type]
         source=str(item.get("source") or "stgr"),
+        extra_frame_times=key_frame_times(key_frames) if task != "spatial" else [],
     )
     return decode_record(encode_record(rec))  # run every validation rule of the reader
 

@@ -117,3 +117,40 @@ def test_imported_visual_qa_box_lands_on_the_processed_image(imported, processor
     pp = prepare_prompt(vqa, processor, DataConfig(), tmp / "out")
     assert pp.frame_size == (364, 252) and pp.frame_times == [0.0]
     assert pp.model_inputs["image_grid_thw"].tolist() == [[1, 18, 26]]
+
+
+def _write_counting_video(path, num_frames: int, fps: float) -> None:
+    """Frame i is a flat grey of brightness 2i + 20, so a decoded frame tells its native index."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=1, quality=None, ffmpeg_log_level="error",
+                                output_params=["-crf", "0", "-threads", "1"])
+    try:
+        for i in range(num_frames):
+            writer.append_data(np.full((56, 56, 3), 2 * i + 20, np.uint8))
+    finally:
+        writer.close()
+
+
+def test_key_frames_are_spliced_into_the_sampled_frames_at_their_true_times(imported, processor):
+    """A 10 s, 10 fps video: the default sampler shows 16 frames spread evenly (native 0, 7, 13, 20, …,
+    53, 59, …), so the key frame at 5.5 s (native 55) would never be shown. The import lists both key
+    times in `extra_frame_times`; the prompt then shows native frame 55 labelled 5.5 s, beside 2.0 s."""
+    from stgrl.rollout.video import VideoCache, record_media, sample_frame_indices
+
+    _, r, tmp = imported
+    st = r[0]
+    assert st.extra_frame_times == [2.0, 5.5]
+    assert all(not x.extra_frame_times for x in r[5:])  # the still image has nothing to splice
+    assert 55 not in sample_frame_indices(100, 10.0, 2.0, 4, 16)  # what the sampler alone shows
+    _write_counting_video(tmp / "videos" / "plm" / "v1.mp4", 100, 10.0)
+    pp = prepare_prompt(st, processor, DataConfig(), tmp / "out")
+    assert 2.0 in pp.frame_times and 5.5 in pp.frame_times
+    assert len(pp.frame_times) == 17 and pp.frame_times == sorted(pp.frame_times)
+    assert "at 5.5s" in pp.prompt_text
+    media = record_media(st, tmp / "out", DataConfig(), VideoCache())
+    shown = media.frames[media.times.index(5.5)]
+    assert abs(float(shown.mean()) - (2 * 55 + 20)) < 1.5  # the pixels of native frame 55
+    assert pp.model_inputs["image_grid_thw"].shape[0] == 17  # and the model gets all 17 frames

@@ -102,6 +102,7 @@ def test_by_domain(judge):
 
 
 def test_exact_spatial_match_is_the_reference_rule(judge):
+    assert vstar.evaluate([], [], judge).spatial_match == "exact"  # the default
     a = _report(judge, match="exact").items[0]
     assert a.chains[0].viou == pytest.approx(0.5)  # no key "4" → frame t=4 scores 0
     assert a.chains[0].ap == pytest.approx([0.5] * 5)
@@ -136,8 +137,8 @@ def test_merged_format_gives_the_same_numbers(judge):
     merged[1]["answer_spatial_2"] = {"7": [50, 50, 75, 100]}
     items, p = vstar.split_merged(merged)
     assert [x.id for x in p] == ["a", "b"]
-    got = vstar.evaluate(items, p, judge).overall
-    want = _report(judge).overall
+    got = vstar.evaluate(items, p, judge).overall  # the default: the reference's exact rule
+    want = _report(judge, match="exact").overall
     assert got.mam == pytest.approx(want.mam) and got.mlgm == pytest.approx(want.mlgm)
     assert got.n_missing == 1
 

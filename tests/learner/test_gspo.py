@@ -150,6 +150,26 @@ def test_k3_kl_hand_computed_and_in_loss():
     assert m["kl"] == pytest.approx(k3.mean().item())
 
 
+def test_k3_kl_clamps_the_log_ratio_to_ten_as_the_reference():
+    """One token far off the reference (d = 800 in float64, 100 in float32) made exp(d) inf and the
+    loss with it; clamped to +-10 before exp, it costs what d = 10 costs."""
+    f = lambda d: math.exp(d) - d - 1  # noqa: E731
+    for dtype, far in ((torch.float64, 800.0), (torch.float32, 100.0)):
+        logp = OLD.to(dtype).clone().requires_grad_(True)
+        ref = OLD.to(dtype) + torch.tensor([[far, -far, 0.0], [0.0, 0.5, 0.0]], dtype=dtype)
+        k3 = k3_kl(logp, ref, MASK)
+        assert k3.tolist() == pytest.approx([(f(10.0) + f(-10.0)) / 2, f(0.5) / 3], rel=1e-6)
+        loss, m = gspo_loss(logp, OLD.to(dtype), ADV.to(dtype), MASK, EPS_LOW, EPS_HIGH, ref_logp=ref,
+                            kl_beta=0.04)
+        assert math.isfinite(loss.item()) and math.isfinite(m["kl"])
+        loss.backward()
+        assert torch.isfinite(logp.grad).all()
+        alone = OLD.to(dtype).clone().requires_grad_(True)
+        k3_kl(alone, ref, MASK).sum().backward()
+        assert alone.grad[0, 0].item() == 0.0 and alone.grad[0, 1].item() == 0.0  # clamped: no gradient
+        assert alone.grad[1, 1].item() == pytest.approx(-(math.exp(0.5) - 1) / 3, rel=1e-6)
+
+
 @pytest.mark.parametrize("name", ["gspo", "gspo_token"])
 def test_finite_difference_gradient(name):
     g = torch.Generator().manual_seed(3)

@@ -92,7 +92,8 @@ def test_vstar_prediction_from_one_completion():
             "<obj>red square</obj><box>[56,28,84,56]</box>at<t>1.5</t>s</think>\n<answer>B</answer>")
     p = vstar_prediction("eval-1", text, (112, 112))
     assert p["id"] == "eval-1" and p["answer_vqa"].strip() == "B"
-    assert p["answer_temporal"] == [0.5, 1.5] == p["answer_temporal_2"]
+    # the span is the one the answer states (none here), not [min, max] of the claim times
+    assert p["answer_temporal"] == [] == p["answer_temporal_2"] and p["answer_temporal_pre"] == "B"
     assert p["answer_spatial"] == {"0.5": [[28.0, 28.0, 56.0, 56.0]], "1.5": [[56.0, 28.0, 84.0, 56.0]]}
     empty = vstar_prediction("eval-2", "no tags at all", (112, 112))
     assert empty["answer_temporal"] == [] and empty["answer_spatial"] == {}

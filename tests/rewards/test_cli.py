@@ -73,3 +73,22 @@ def test_a_line_that_is_not_utf8_is_that_lines_error(tmp_path):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["line"] == 1 and "error" in rows[0]
     assert rows[1]["id"] == "t1" and "components" in rows[1]
+
+
+def test_options_may_come_before_the_overrides(tmp_path, capsys):
+    """The help text's own order, `score IN --config FILE KEY=VALUE`, and an option between overrides:
+    argparse bound IN and an empty override list first and called the override unrecognized."""
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [ST])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("run:\n  total_steps: 4\n")
+    assert main(["rewards", "score", str(src), "--step", "3", "--config", str(cfg),
+                 "reward.gate_delta_s=5.0", "reward.object_match=any"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert math.isclose(row["components"]["temporal_proximity"], math.exp(-4.5))  # --step 3 of 4 reached
+    assert row["components"]["spatial_gated"] == 1.0  # the 5 s gate (an override after the options) too
+    assert main(["rewards", "score", str(src), "reward.spatial_mode=plain", "--total-steps", "4",
+                 "reward.gate_delta_s=5.0"]) == 0  # overrides on both sides of an option
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(row["components"]) == {"format", "answer_accuracy", "spatial_gated"}
+    assert row["components"]["spatial_gated"] == 1.0

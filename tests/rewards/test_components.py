@@ -129,6 +129,13 @@ def test_answer_tiou_and_think_segment():
     assert comps(temporal(inverted))["answer_tiou"] == 0.0
 
 
+def test_think_segment_counts_a_negative_time_as_outside_the_span():
+    """Deliberately unlike the reference (docs/fidelity.md R8), whose `[\\d.]+` never sees `-3`: a time
+    before the video starts is a wrong time, so it counts and lies outside [5, 9]."""
+    c = "<think><t>-3</t>s <t>6</t>s</think><answer><t>5</t>s to <t>9</t>s</answer>"
+    assert comps(temporal(c))["think_temporal_segment"] == pytest.approx(1 / 2)
+
+
 def test_temporal_mcq_gets_accuracy_and_span_from_answer():
     c = "<think><t>6</t>s</think><answer>Correct Option: B\n<t>5</t>s to <t>9</t>s</answer>"
     got = comps(temporal(c, answer="B\n[5, 9]", span=None, options=["A. [0, 2]", "B. [5, 9]"]))
@@ -141,6 +148,71 @@ def test_answer_viou_uses_frame_size():
                       key_items={"0": {"cup": [[0.0, 0.0, 0.5, 0.5]]}}, frame_size=[100, 200])
     # [0,0,50,50] px in 100x200 -> [0,0,.5,.25]; against [0,0,.5,.5]: IoU 0.5
     assert comps(s) == {"format": 1.0, "answer_viou": pytest.approx(0.5)}
+
+
+def _grid_boxes(width: int, height: int) -> list[str]:
+    """Blind tilings of the frame, 2x2 to 5x5: 54 boxes written without looking at the image."""
+    out = []
+    for n in range(2, 6):
+        for i in range(n):
+            for j in range(n):
+                out.append(f"<box>[{i * width // n},{j * height // n},{(i + 1) * width // n},{(j + 1) * height // n}]</box>")
+    return out
+
+
+def test_answer_viou_blind_grid_scores_nothing_and_one_exact_box_scores_one():
+    """[fix] with "best IoU of any box" this 54-box grid scored 1.0 (its 2x2 tile [50,0,100,50] is the
+    object's box exactly; 0.58 on average over real spatial samples); one-to-one matching divides the
+    one matched IoU by max(#pred, #gt) = 54."""
+    gt = {"0": {"cup": [[0.5, 0.0, 1.0, 0.5]]}}
+    grid = _grid_boxes(100, 100)
+    assert len(grid) == 54
+    blind = ScoringSample(id="v", task="spatial", completion=think("x", answer="".join(grid)), key_items=gt,
+                          frame_size=[100, 100])
+    assert comps(blind)["answer_viou"] == pytest.approx(1 / 54)  # the one exact tile, shared by 54 boxes
+    exact = ScoringSample(id="v", task="spatial", completion=think("x", answer="<box>[50,0,100,50]</box>"),
+                          key_items=gt, frame_size=[100, 100])
+    assert comps(exact)["answer_viou"] == pytest.approx(1.0)
+    # one exact box plus one elsewhere: (1 + 0) / 2; a malformed extra box costs like any other
+    two = think("x", answer="<box>[50,0,100,50]</box><box>[0,60,20,80]</box>")
+    assert comps(ScoringSample(id="v", task="spatial", completion=two, key_items=gt,
+                               frame_size=[100, 100]))["answer_viou"] == pytest.approx(0.5)
+    bad = think("x", answer="<box>[50,0,100,50]</box><box>[1,2,x,4]</box>")
+    assert comps(ScoringSample(id="v", task="spatial", completion=bad, key_items=gt,
+                               frame_size=[100, 100]))["answer_viou"] == pytest.approx(0.5)
+
+
+def test_answer_viou_matches_several_ground_truth_boxes_one_to_one():
+    gt = {"0": {"cup": [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]}}
+    both = think("x", answer="<box>[0,0,50,50]</box><box>[50,50,100,100]</box>")
+    one = think("x", answer="<box>[0,0,50,50]</box>")
+    twice = think("x", answer="<box>[0,0,50,50]</box><box>[0,0,50,50]</box>")
+    got = [comps(ScoringSample(id="v", task="spatial", completion=c, key_items=gt, frame_size=[100, 100]))
+           ["answer_viou"] for c in (both, one, twice)]
+    assert got == pytest.approx([1.0, 0.5, 0.5])  # the same box twice matches one object only
+
+
+def test_temporal_mcq_in_the_reference_answer_order():
+    """[fix] the reference prompt asks for the span first, the option after it; the letter was looked
+    for only at the start, so this answer (87 of 2,000 samples) scored accuracy 0."""
+    c = "<think><t>38</t>s</think><answer>From <t>37.4</t>s to <t>39.4</t>s.\nCorrect Option: A</answer>"
+    got = comps(temporal(c, answer="A\n[37.9, 40.5]", span=[37.9, 40.5], options=["A. [37.9, 40.5]", "B. [0, 2]"]))
+    assert got["answer_accuracy"] == 1.0
+    assert got["answer_tiou"] == pytest.approx((39.4 - 37.9) / (40.5 - 37.4))
+    wrong = c.replace("Option: A", "Option: B")
+    assert comps(temporal(wrong, answer="A\n[37.9, 40.5]", span=[37.9, 40.5],
+                          options=["A. x", "B. y"]))["answer_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("ans", ["A man is walking", "I think it is B", "Because B", "Bob"])
+def test_option_letter_needs_a_delimiter_after_it(ans):
+    """[fix] "A man is walking" read as option A and "I think it is B" as option I."""
+    s = ScoringSample(id="g", task="general", completion=think("x", answer=ans), answer="A",
+                      options=["A. man", "B. dog", "I. ink"], frame_size=[1, 1])
+    assert comps(s)["answer_accuracy"] == 0.0
+    i_truth = ScoringSample(id="g", task="general", completion=think("x", answer=ans), answer="I",
+                            options=["A. man", "B. dog", "I. ink"], frame_size=[1, 1])
+    assert comps(i_truth)["answer_accuracy"] == 0.0
 
 
 # ------------------------------------------------------------------------ temporal proximity
@@ -157,6 +229,17 @@ def test_proximity_scope_claims_vs_all():
     assert comps(st(c))["temporal_proximity"] == pytest.approx(1.0)
     all_cfg = RewardConfig(proximity_scope="all")
     assert comps(st(c), cfg=all_cfg)["temporal_proximity"] == pytest.approx((1 + math.exp(-0.5)) / 2)
+
+
+def test_proximity_scope_all_counts_only_times_with_their_unit():
+    """`all` reproduces the reference, whose pattern is `<t>([\\d.]+)</t>s`: the bare `<t>5.0</t>` is no
+    mention (it was counted: (1 + 2 e^-0.5) / 3 instead of (1 + e^-0.5) / 2)."""
+    c = think("<obj>red car</obj><box>[0,0,50,50]</box>at<t>2.0</t>s, then <t>5.0</t>s and <t>5.0</t> again")
+    all_cfg = RewardConfig(proximity_scope="all")
+    # mentions: 2.0 (d 0) and the first 5.0 (d 3, sigma 3 at step 0 of 4); the bare <t>5.0</t> is not one
+    assert comps(st(c), cfg=all_cfg)["temporal_proximity"] == pytest.approx((1 + math.exp(-0.5)) / 2)
+    spaced = think("<obj>red car</obj><box>[0,0,50,50]</box> at <t>2.0</t> s")  # claim grammar's spacing
+    assert comps(st(spaced), cfg=all_cfg)["temporal_proximity"] == pytest.approx(1.0)
 
 
 # -------------------------------------------------------------------------- spatial gated

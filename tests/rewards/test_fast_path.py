@@ -84,11 +84,19 @@ def _completion(rng: random.Random, g: dict) -> str:
         sep = rng.choice(["", "", " "])
         claims.append(f"<obj>{rng.choice([name, rng.choice(OBJECTS)])}</obj>"
                       + sep.join(f"<box>{p}</box>" for p in pred) + f"{sep}at{sep}<t>{_number(rng, max(t, 0))}</t>{sep}s")
-    mentions = " ".join(f"<t>{_number(rng, rng.uniform(-3, 25))}</t>s" for _ in range(rng.randint(0, 3)))
+    # time mentions with and without their unit (`proximity_scope: all` counts only `<t>X</t>s`)
+    mentions = " ".join(f"<t>{_number(rng, rng.uniform(-3, 25))}</t>{rng.choice(['s', 's', '', ' s', 'x'])}"
+                        for _ in range(rng.randint(0, 3)))
     answer = rng.choice([f"<t>{_number(rng, rng.uniform(0, 9))}</t>s to <t>{_number(rng, rng.uniform(3, 20))}</t>s",
                          f"Correct Option: {rng.choice('ABCD')}\n<t>3</t>s to <t>8</t>s", rng.choice("ABCD") + ".",
                          f"<box>{_px(rng, _box(rng), w, h)}</box>", "the red cars turned left at the door",
-                         "a dog", "", "from [2.5, 8]"])
+                         "a dog", "", "from [2.5, 8]",
+                         # the 4,096-character answer cap of the `[S, E]` fallback and the option search:
+                         # a span or option starting just before, straddling and just after the cap
+                         "y" * 4085 + " [2.5, 8]", "y" * 4090 + "[2.5, 8]", "[1, 3] " + "y" * 4090 + "[2.5, 8]",
+                         "y" * 4070 + "\nCorrect Option: B", "y" * 4090 + "Correct Option: C",
+                         f"<t>1</t>s to <t>4</t>s{'y' * 4100}",
+                         f"<box>{_px(rng, _box(rng), w, h)}</box>" * rng.randint(2, 6)])
     text = f"<think>I see {' then '.join(claims)} {mentions}.</think>\n<answer>{answer}</answer>"
     for _ in range(rng.choice([0, 0, 0, 1, 3])):  # malformed: random fragments spliced in
         i = rng.randrange(len(text) + 1)
@@ -153,6 +161,39 @@ def test_truth_is_shared_only_when_equal_including_object_order():
     assert not Truth(a).same(b)
     assert Truth(a).same(c)
     assert not Truth(a).same(ScoringSample(id="d", **{**base, "answer": "b"}, key_items=a.key_items))
+
+
+def test_truth_is_not_shared_across_frame_sizes():
+    """`Truth.same` compares `frame_size`: the group's prepared (W, H) normalises every pixel box, so two
+    consecutive samples that differ only in it must not share a truth (dropping it from `same` passed
+    every other reward test)."""
+    base = dict(task="spatial", answer="", key_frames=[KeyFrame(0, 0.0)],
+                key_items={"0": {"cup": [[0.0, 0.0, 0.5, 0.5]]}})
+    text = "<think>x</think><answer><box>[0,0,50,50]</box></answer>"
+    small = ScoringSample(id="a", completion=text, frame_size=[100, 100], **base)
+    large = ScoringSample(id="b", completion=text, frame_size=[200, 200], **base)
+    assert not Truth(small).same(large)
+    got = [s.components["answer_viou"] for s in score_batch([small, large], 0, 4, RewardConfig())]
+    assert got == [1.0, 0.25]  # [0,0,50,50] is [0,0,.5,.5] of a 100 px frame, [0,0,.25,.25] of a 200 px one
+    assert got == [score_components_reference(s, 0, 4, RewardConfig())["answer_viou"] for s in (small, large)]
+
+
+def test_answer_cap_by_hand_on_both_paths():
+    """The `[S, E]` fallback reads the answer's first 4,096 characters: a span that ends before the cap
+    counts, one that crosses it does not (the last span before the cap wins). The parity corpus holds
+    these answers too, so the two paths are held to the same cap."""
+    def sample(answer: str) -> ScoringSample:
+        return ScoringSample(id="t", task="temporal", completion=f"<think>x</think><answer>{answer}</answer>",
+                             answer="[2, 8]", span=[2.0, 8.0], frame_size=[1, 1])
+
+    cases = {"y" * 4085 + " [2.5, 8]": 5.5 / 6, "y" * 4090 + "[2.5, 8]": 0.0,
+             "[1, 3] " + "y" * 4090 + "[2.5, 8]": 1 / 7}
+    for answer, want in cases.items():
+        s = sample(answer)
+        assert score_batch([s], 0, 4, RewardConfig())[0].components["answer_tiou"] == pytest.approx(want)
+        assert score_components_reference(s, 0, 4, RewardConfig())["answer_tiou"] == pytest.approx(want)
+    corpus = [x.completion for x in make_groups(150, seed=3)]
+    assert sum("y" * 4090 + "[2.5, 8]" in c for c in corpus) >= 3
 
 
 def _fuzz_texts(seed: int, n: int) -> list[str]:
@@ -234,8 +275,12 @@ def test_possessive_patterns_match_what_the_plain_patterns_match():
         P._CLAIM: r"<obj>([^<]*)</obj>((?:\s*<box>[^<]*</box>)+)\s*at\s*<t>([^<]*)</t>\s*s",
         P._BOX_TAG: r"<box>([^<]*)</box>",
         P._T_TAG: r"<t>([^<]*)</t>",
+        P._T_SECONDS: r"<t>([^<]*)</t>\s*s",
+        P._OPTION: r"\s*(?i:answer\s*:)?\s*[\(\[]?([A-Z])(?:[\)\]]|[.:,]|[ \t]*(?:\r?\n|$))",
+        P._CORRECT_OPTION: r"(?i:correct\s+option)\s*:?\s*[\(\[]?([A-Z])(?:[\)\]]|[.:,]|[ \t]*(?:\r?\n|$))",
     }
-    texts = _fuzz_texts(13, 6000) + ["<obj>a</obj> \n<box>[1]</box>  <box>x</box>\tat \n<t>2</t> s",
+    texts = _fuzz_texts(13, 6000) + ["Correct Option :  (B)", "correct  option\tC\n", "Answer : D,", " A  \n",
+                                      "<obj>a</obj> \n<box>[1]</box>  <box>x</box>\tat \n<t>2</t> s",
                                       "<obj>a</obj><box>1</box> <box>2</box> a <t>2</t>s", "<t></t><box></box>"]
     for fast_rx, pattern in plain.items():
         slow = re.compile(pattern)

@@ -74,7 +74,12 @@ def test_parse_box():
 
 @pytest.mark.parametrize("s,letter", [("B", "B"), ("B.", "B"), ("(B)", "B"), ("[B]", "B"), ("B. a red car", "B"),
                                       ("Correct Option: C\n<t>1</t>s to <t>2</t>s", "C"),
-                                      ("Answer: D", "D"), ("a dog", None), ("Because", None), ("", None)])
+                                      ("Answer: D", "D"), ("a dog", None), ("Because", None), ("", None),
+                                      ("From <t>37.4</t>s to <t>39.4</t>s.\nCorrect Option: A", "A"),
+                                      ("B\n<t>1</t>s to <t>2</t>s", "B"), ("B, the dog", "B"), ("B: dog", "B"),
+                                      ("B ", "B"), ("correct option (C) it is", "C"),
+                                      ("A man is walking", None), ("I think it is B", None),
+                                      ("Correct Option: A man", None), ("x" * 5000 + "Correct Option: A", None)])
 def test_option_letter(s, letter):
     assert parse_option_letter(s) == letter
 
@@ -84,3 +89,25 @@ def test_predicted_span():
     assert predicted_span(parse_completion("<answer>from [3, 7.5]</answer>")) == (3.0, 7.5)
     assert predicted_span(parse_completion("<answer><t>3.0</t>s only</answer>")) is None
     assert parse_span_text("B\n[2.0, 4.5]") == (2.0, 4.5)
+
+
+def test_option_letter_is_fast_on_whitespace_runs():
+    """`Correct Option:` is searched anywhere in the first 4,096 characters; with plain `\\s*:?\\s*` a run
+    of spaces after "correct option" backtracked quadratically (1.3 s per answer, measured: a reward
+    request has a 2 s deadline). Possessive runs keep it linear (~0.1 ms)."""
+
+    texts = ["correct option" + " " * 4100 + "x", "Correct Option" + "\t " * 2000 + ":" + " " * 90,
+             "correct option " * 300, " " * 5000 + "B"]
+    for t in texts:
+        best = min(_cpu_time(parse_option_letter, t) for _ in range(3))
+        assert best < 0.05, (t[:30], best)
+        assert parse_option_letter(t) is None
+    assert parse_option_letter("Correct Option" + " " * 3000 + ": (C)") == "C"
+
+
+def _cpu_time(fn, arg) -> float:
+    import time
+
+    t0 = time.process_time()
+    fn(arg)
+    return time.process_time() - t0
