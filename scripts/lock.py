@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=ROOT / "requirements" / "cpu.lock")
     r.add_argument("--keep", action="store_true", help="keep the current pins where they still fit")
     r.add_argument("--constraints", type=Path, default=ROOT / "constraints-cpu.txt",
-                   help="policy pins that every resolution honours (the CPU torch pair)")
+                   help="policy pins that every resolution honours (the CPU torch pair; the image's Ray)")
     r.add_argument("--extras", default="dev")
     r.add_argument("--python", default=sys.executable, help="interpreter whose pip resolves")
     c = sub.add_parser("check", help="fail unless the running environment holds exactly the lock")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         old = read_lock(args.out) if args.out.is_file() else {}
         pins = resolve(args.python, constraints, args.extras)
         write_lock(args.out, pins, _header(
-            f"extras [{args.extras}], torch pair from {args.constraints.name}",
+            f"extras [{args.extras}], policy pins of {args.constraints.name}",
             "make lock / make lock-image: re-resolve keeping the pins that still fit; make upgrade: newest "
             "allowed."))
         rows = moved(old, pins)

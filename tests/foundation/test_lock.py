@@ -4,6 +4,7 @@ the environment the suite runs in is exactly the lock (what CI tests is what a u
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from packaging.requirements import Requirement
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
 
 REPO = Path(__file__).resolve().parents[2]
-LOCKS = {"cpu": REPO / "requirements" / "cpu.lock", "vllm-lane": REPO / "requirements" / "vllm-lane.lock"}
+LOCKS = {name: REPO / "requirements" / f"{name}.lock" for name in ("cpu", "vllm-lane", "image")}
 
 
 def _lock_module():
@@ -68,3 +69,11 @@ def test_this_environment_is_exactly_the_lock():
     if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
         pytest.skip(f"not running in the project's .venv ({sys.prefix}): nothing to compare")
     assert lock.compare(lock.read_lock(LOCKS["cpu"]), lock.installed()) == []
+
+
+def test_the_image_lock_has_vllm_and_the_manifests_ray():
+    pins = lock.read_lock(LOCKS["image"])
+    ray_version = re.search(r"^ARG RAY_VERSION=(\S+)", (REPO / "k8s" / "Dockerfile").read_text(), re.M).group(1)
+    assert pins["ray"] == ray_version
+    assert "vllm" in pins and "deepspeed" in pins and "msgspec" in pins
+    assert "requirements/image.lock" in (REPO / "k8s" / "Dockerfile").read_text()
