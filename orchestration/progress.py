@@ -217,19 +217,23 @@ class ProgressDisplay:
         self._printed[state.stage] = (now, state.done, state.finished)
 
     def _table(self) -> Any:
+        """Fits 80 columns: only the columns some stage has are shown."""
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
+        rows = [(s, dict(_columns(s))) for s in self._states.values()]
+        optional = [c for c in ("reward", "loss", "held-out loss", "tok/s", "lag") if any(c in cols for _, cols in rows)]
         table = Table(box=None, padding=(0, 1), show_edge=False)
-        for col in ("stage", "", "step", "reward", "loss", "tok/s", "lag", "elapsed", "ETA"):
-            table.add_column(col, no_wrap=True)
-        for s in self._states.values():
-            cols = dict(_columns(s))
-            table.add_row(f"[bold]{s.stage}[/bold]", ProgressBar(total=max(1, s.total), completed=s.done, width=24),
-                          f"{s.done}/{s.total}", cols.get("reward", "–"),
-                          cols.get("loss", "–") if "held-out loss" not in cols
-                          else f"{cols.get('loss', '–')} (held-out {cols['held-out loss']})",
-                          cols.get("tok/s", "–"), cols.get("lag", "–"), format_duration(s.elapsed_s),
+        table.add_column("stage", no_wrap=True, min_width=max(len(s.stage) for s, _ in rows))
+        table.add_column("", width=10)
+        table.add_column("step", no_wrap=True, justify="right")
+        for col in optional:
+            table.add_column("held-out" if col == "held-out loss" else col, no_wrap=True, justify="right")
+        table.add_column("elapsed", no_wrap=True, justify="right")
+        table.add_column("ETA", no_wrap=True, justify="right")
+        for s, cols in rows:
+            table.add_row(f"[bold]{s.stage}[/bold]", ProgressBar(total=max(1, s.total), completed=s.done, width=10),
+                          f"{s.done}/{s.total}", *(cols.get(c, "–") for c in optional), format_duration(s.elapsed_s),
                           "[green]done[/green]" if s.finished else format_duration(s.eta_s))
         return table
 
@@ -260,17 +264,18 @@ class ProgressDisplay:
 
 @contextlib.contextmanager
 def track(display: ProgressDisplay | None, stage: str, kind: str, total: int,
-          record_to: Path | None = None) -> Iterator[Callable[[int, dict[str, float]], None]]:
+          record_to: Path | None = None, started: float | None = None) -> Iterator[Callable[[int, dict[str, float]], None]]:
     """Yields `update(step, metrics)` (step 0-based, called after each step) that feeds `display`.
 
     `record_to`: also append each step's row to this JSONL file (with `total` and `time`), the
     metrics file `RunWatcher` reads for stages that keep none of their own (held-out evaluation).
-    A display of None gets a default one on the console for the stage's duration."""
+    A display of None gets a default one on the console for the stage's duration. `started`: when
+    the stage began (epoch seconds; default now), so the elapsed time includes its start-up."""
     from stgrl.orchestration.console_log import display_for_console
 
     own = display is None
     shown = display or display_for_console()
-    started = time.time()
+    started = time.time() if started is None else started
     rows: list[dict] = []
     fh = None
     if record_to is not None:

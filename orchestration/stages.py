@@ -7,6 +7,7 @@ bad input fails in seconds with a message that names the key or file.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import msgspec
@@ -37,6 +38,8 @@ def _sft(cfg: Config, rd: Path, display: ProgressDisplay | None) -> Path:
     from stgrl.orchestration.ray_setup import init_ray
     from stgrl.orchestration.sft_loop import SFTDriver
 
+    t0 = time.time()
+
     check_model_path(cfg, cfg.model.path)
     train, dataset_dir = load_split(cfg.data.train, "train")
     evals, _ = load_split(cfg.data.eval, "eval")
@@ -45,7 +48,7 @@ def _sft(cfg: Config, rd: Path, display: ProgressDisplay | None) -> Path:
     driver = SFTDriver(cfg, rd, cfg.model.path, train, evals, dataset_dir)
     try:
         driver.start()
-        with track(display, "SFT", "sft", cfg.sft.steps) as progress:
+        with track(display, "SFT", "sft", cfg.sft.steps, started=t0) as progress:
             last = driver.run(sink, progress)
         out = driver.export(rd / "sft" / "hf")
     finally:
@@ -69,6 +72,8 @@ def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool, display: Pro
     from stgrl.orchestration.ray_setup import init_ray
     from stgrl.orchestration.rl_loop import RLDriver
 
+    t0 = time.time()
+
     model_path = init_from or cfg.model.path
     check_model_path(cfg, model_path)
     train, dataset_dir = load_split(cfg.data.train, "train")
@@ -80,7 +85,8 @@ def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool, display: Pro
     driver = RLDriver(cfg, rd, model_path, train, dataset_dir, resume=resume)
     try:
         driver.start()
-        with track(display, f"RL ({cfg.run.mode})", "rl", cfg.run.total_steps) as progress:
+        with track(display, f"RL ({cfg.run.mode})", "rl", cfg.run.total_steps,
+                   started=t0) as progress:
             driver.run(sink, progress)
     finally:
         driver.close()
