@@ -59,6 +59,7 @@ def test_demo_console_is_progress_and_verdict_only(workspace, tmp_path):
          "--run-dir", str(run_dir), "--eval-samples", "3", "--eval-sampled", "1", *overrides],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=840, cwd=tmp_path)
     out = proc.stdout
+    (tmp_path / "console.txt").write_text(out)  # for a person reading a failure
     assert proc.returncode == 0, out[-4000:]
     lines = out.splitlines()
 
