@@ -163,7 +163,8 @@ def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str
             if "No available agent" not in str(e) or attempt == 59:
                 raise
             time.sleep(2.0)
-    log.info("submitted Ray job %s: %s", job_id, shlex.join(entrypoint))
+    log.info("submitted Ray job %s", job_id)
+    log.debug("job %s entrypoint: %s", job_id, shlex.join(entrypoint))
     deadline = time.monotonic() + timeout_s
     shown = 0
     while True:

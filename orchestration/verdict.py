@@ -77,6 +77,19 @@ def paired_difference(before: dict[str, tuple[float, float | None]], after: dict
     return mean_interval(diffs) if diffs else None
 
 
+def gain_words(diffs: dict[str, Interval]) -> str:
+    """The RL − SFT verdict in words: beyond the noise when an interval lies wholly above (below) 0."""
+    above = [n for n, d in diffs.items() if d.low > 0]
+    below = [n for n, d in diffs.items() if d.high < 0]
+    if above and not below:
+        return f"RL helped ({' and '.join(above)} interval above 0)"
+    if below and not above:
+        return f"RL hurt ({' and '.join(below)} interval below 0)"
+    if above and below:
+        return f"mixed (better {', '.join(above)}, worse {', '.join(below)})"
+    return "no change beyond the noise (every interval includes 0)"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -86,7 +99,8 @@ def demo_verdict(eval_dirs: dict[str, Path], timings: dict[str, float], what_ran
     """The verdict lines. `eval_dirs`: phase -> evaluation output folder (with predictions.jsonl), in
     order (untrained, after SFT, after RL); `timings`: step -> seconds, "total" first."""
     total = timings.get("total", 0.0)
-    parts = ", ".join(f"{k} {_minutes(v)}" for k, v in timings.items() if k != "total")
+    # steps that took no time (a model and data reused from an earlier run) are not worth a word
+    parts = ", ".join(f"{k} {_minutes(v)}" for k, v in timings.items() if k != "total" and v >= 3.0)
     lines = [f"stgrl demo finished in {_minutes(total)}" + (f" ({parts})" if parts else "")]
     lines += [f"  ran: {item}" for item in what_ran]
     scores = {phase: per_prompt_rewards(d / "predictions.jsonl") for phase, d in eval_dirs.items()}
@@ -103,8 +117,8 @@ def demo_verdict(eval_dirs: dict[str, Path], timings: dict[str, float], what_ran
         if "after SFT" in scores and "after RL" in scores:
             diffs = [(name, paired_difference(scores["after SFT"], scores["after RL"], i))
                      for i, name in enumerate(("greedy", "sampled"))]
-            diffs = [f"{name} {d.text(signed=True)}" for name, d in diffs if d is not None]
-            lines.append("  RL - SFT on the same prompts: " + ", ".join(diffs)
-                         + " (an interval above 0: RL helped)")
+            diffs = [(name, d) for name, d in diffs if d is not None]
+            lines.append("  RL - SFT on the same prompts: " + ", ".join(f"{n} {d.text(signed=True)}" for n, d in diffs)
+                         + f": {gain_words(dict(diffs))}")
     lines.append(f"  report: {report} (logs: {report.parent / 'logs'})")
     return lines[:MAX_LINES]

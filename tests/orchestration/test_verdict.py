@@ -45,7 +45,7 @@ def test_demo_verdict_lines(tmp_path):
     dirs = {"untrained": _predictions(tmp_path / "u", [0.0, 0.1, 0.2, 0.1]),
             "after SFT": _predictions(tmp_path / "s", [1.0, 1.2, 1.4, 1.2], [[1.0, 0.9], [1.1, 1.1], [1.3, 1.5], [1.2, 1.0]]),
             "after RL": _predictions(tmp_path / "r", [1.1, 1.3, 1.5, 1.3], [[1.2, 1.1], [1.3, 1.3], [1.5, 1.6], [1.4, 1.2]])}
-    lines = demo_verdict(dirs, {"total": 600.0, "SFT and RL": 300.0}, ["SFT 3 steps", "evaluation of 4 samples"],
+    lines = demo_verdict(dirs, {"total": 600.0, "model and data": 0.5, "SFT and RL": 300.0}, ["SFT 3 steps", "evaluation of 4 samples"],
                          tmp_path / "report.md", temperature=0.7)
     assert len(lines) <= MAX_LINES
     assert lines[0] == "stgrl demo finished in 10.0 min (SFT and RL 5.0 min)"
@@ -54,7 +54,7 @@ def test_demo_verdict_lines(tmp_path):
     assert "-> after SFT 1.200 [" in lines[3] and "-> after RL 1.300 [" in lines[3]
     assert lines[4].startswith("  held-out reward, sampled at T 0.7: after SFT 1.137 [")
     # paired: every prompt gained exactly 0.1 greedy, so the interval is the point
-    assert lines[5].startswith("  RL - SFT on the same prompts: greedy +0.100 [+0.100, +0.100], sampled +0.187 [+0.163, +0.212]")
+    assert lines[5].startswith("  RL - SFT on the same prompts: greedy +0.100 [+0.100, +0.100], sampled +0.187 [+0.163, +0.212]: RL helped")
     assert lines[-1] == f"  report: {tmp_path / 'report.md'} (logs: {tmp_path / 'logs'})"
 
 
@@ -72,3 +72,13 @@ def test_report_opens_with_the_verdict_then_the_full_table(tmp_path):
     assert text.index("## Verdict") < text.index("stgrl demo finished in 1.0 min") < text.index("![reward](plots/reward.png)")
     assert text.index("![reward](plots/reward.png)") < text.index("## Held-out evaluation (full table)")
     assert text.index("## Held-out evaluation (full table)") < text.index("| eval/reward_total | 1.500 |")
+
+
+def test_gain_words_say_whether_the_gain_beats_the_noise():
+    from stgrl.orchestration.verdict import Interval, gain_words
+
+    up, flat, down = Interval(0.06, 0.02, 0.10), Interval(0.03, -0.02, 0.08), Interval(-0.05, -0.09, -0.01)
+    assert gain_words({"greedy": flat, "sampled": up}) == "RL helped (sampled interval above 0)"
+    assert gain_words({"greedy": flat, "sampled": flat}) == "no change beyond the noise (every interval includes 0)"
+    assert gain_words({"greedy": down}) == "RL hurt (greedy interval below 0)"
+    assert gain_words({"greedy": down, "sampled": up}) == "mixed (better sampled, worse greedy)"
