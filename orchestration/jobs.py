@@ -21,6 +21,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+FAILED_TAIL_LINES = 30
+"""Lines of a failed job's log shown on the console (its whole log is in the run's logs/)."""
 
 
 class JobChainError(RuntimeError):
@@ -174,6 +176,14 @@ def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str
             forward_job_line(name, line)
         shown = len(logs)
         if status in TERMINAL:
+            if status != "SUCCEEDED":
+                # quiet mode kept the job's raw lines (a traceback among them) off the console: show
+                # the end of its log now, when it matters
+                from stgrl.orchestration.console_log import strip_ansi
+
+                tail = [strip_ansi(line) for line in logs.splitlines()[-FAILED_TAIL_LINES:]]
+                log.error("job %s ended %s; the last %d lines of its log:\n%s", name, status, len(tail),
+                          "\n".join(tail))
             return status
         if time.monotonic() > deadline:
             client.stop_job(job_id)

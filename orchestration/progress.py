@@ -102,7 +102,8 @@ def summarize(stage: str, kind: str, total: int, rows: list[dict], started: floa
     """One stage's state from its rows (each with `done`: steps completed, and `time`: epoch seconds).
 
     Pure. `finished` None means "when every step is done". The ETA uses the step rate of the last
-    WINDOW steps (start-up excluded once two rows exist), minus the time since the last step."""
+    WINDOW steps, minus the time since the last step; None (unknown) until two rows give a rate
+    that excludes the start-up."""
     keys = STAGE_KEYS[kind]
     rows = [r for r in rows if _number(r.get("done")) is not None]
     done = int(max((r["done"] for r in rows), default=0))
@@ -115,11 +116,10 @@ def summarize(stage: str, kind: str, total: int, rows: list[dict], started: floa
     elif rows and last_t is not None and done > 0:
         recent = rows[-(WINDOW + 1):]
         first_t, first_done = _number(recent[0].get("time")), int(recent[0]["done"])
+        # one step alone gives no rate: its time includes the stage's start-up (actors, first eval)
         if len(recent) >= 2 and first_t is not None and done > first_done:
             per_step = (last_t - first_t) / (done - first_done)
-        else:
-            per_step = (last_t - started) / done
-        eta = max(0.0, per_step * (total - done) - (now - last_t))
+            eta = max(0.0, per_step * (total - done) - (now - last_t))
     tokens_per_s = _trailing(rows, keys.tokens_per_s)
     if tokens_per_s is None and keys.tokens and keys.seconds:
         pairs = [(_number(r.get(keys.tokens)), _number(r.get(keys.seconds))) for r in rows]

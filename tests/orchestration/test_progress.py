@@ -46,9 +46,12 @@ def test_summarize_sft_tokens_per_s_and_held_out_loss_and_finish():
     assert line.startswith("SFT step 4/4 (100%)") and "held-out loss 0.2500" in line and line.endswith("done")
 
 
-def test_no_rows_yet_means_unknown_eta():
+def test_no_rate_yet_means_unknown_eta():
     s = summarize("SFT", "sft", 10, [], started=0.0, now=3.0)
     assert s.done == 0 and s.eta_s is None and "ETA ?" in plain_line(s)
+    # one step after a long start-up: its time is no step rate, so no made-up 10-minute ETA
+    one = summarize("SFT", "sft", 10, [{"done": 1, "time": 60.0}], started=0.0, now=61.0)
+    assert one.eta_s is None and one.elapsed_s == pytest.approx(61.0)
 
 
 def test_plain_display_prints_first_periodic_and_final_lines_only():
