@@ -166,7 +166,9 @@ def display_for_console(interval_s: float = 15.0):
 def setup_console(verbose: bool = False, stream: IO[str] | None = None) -> None:
     """Console logging for a `stgrl` command (replaces any earlier set-up). Quiet mode also routes
     `sys.stderr` into the logs (see the module docstring); `restore_streams` undoes that."""
-    stream = stream or sys.__stderr__ or sys.stderr
+    if stream is None:
+        current = sys.stderr
+        stream = current.original if isinstance(current, LineToLog) and current.original else current
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
