@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,25 @@ def test_job_lines_lose_their_timestamp_and_ray_lines_go_to_the_file(caplog):
     assert by_logger[0] == ("stgrl.orchestration.jobs", "WARNING", "[stgrl-sft] wandb disabled: no module")
     assert all(name == "stgrl.orchestration.jobs.output" for name, _, _ in by_logger[1:])
     assert not QuietFilter().filter(caplog.records[1]) and not QuietFilter().filter(caplog.records[2])
+
+
+def test_watcher_skips_a_torn_line_and_old_stages(tmp_path):
+    import os
+    import time
+
+    from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.progress import RunWatcher
+    from stgrl.orchestration.stage_support import prepare_run_dir
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", ["sft.steps=4"])
+    prepare_run_dir(cfg, tmp_path, "sft")
+    now = time.time()
+    (tmp_path / "metrics_sft.jsonl").write_text(
+        f'{{"step": 0, "time": {now}}}\n{{"step": 1, "time": {now + 1}, "sft/sft_loss": 2.0}}\n{{"step": 2, "ti')
+    (state,) = RunWatcher(tmp_path).states(now=now + 2)
+    assert state.stage == "SFT" and state.done == 1 and state.loss == 2.0  # the torn step-2 line is skipped
+    # a demo started after this SFT does not show it
+    old = now - 3600
+    os.utime(tmp_path / "config_sft.yaml", (old, old))
+    assert RunWatcher(tmp_path, since=now - 10).states(now=now + 2) == []
+    assert len(RunWatcher(tmp_path).states(now=now + 2)) == 1
