@@ -8,8 +8,6 @@ output on disk (model, dataset) is reused, so a second run starts training at on
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,14 +95,13 @@ def _evaluate(cfg: Config, model: str, out_dir: Path, eval_samples: int, eval_sa
     the demo's display follows (two processes drawing on one terminal would garble it)."""
     from stgrl.orchestration.console_log import setup_worker_process
     from stgrl.orchestration.eval_run import evaluate_model
-    from stgrl.orchestration.progress import ProgressDisplay, track
+    from stgrl.orchestration.progress import NullDisplay, track
     from stgrl.orchestration.stage_support import load_split
 
     setup_worker_process(out_dir / "eval.log", verbose)
     evals, dataset_dir = load_split(cfg.data.eval, "eval")
     vstar = Path(cfg.data.eval).parent / "eval_vstar.json"
-    silent = ProgressDisplay(stream=open(os.devnull, "w"), live=False, interval_s=math.inf)  # noqa: SIM115
-    with track(silent, out_dir.name, "eval", min(eval_samples, len(evals)), record_to=out_dir / "progress.jsonl") as p:
+    with track(NullDisplay(), out_dir.name, "eval", min(eval_samples, len(evals)), record_to=out_dir / "progress.jsonl") as p:
         return evaluate_model(cfg, model, evals, dataset_dir, out_dir, max_samples=eval_samples,
                               vstar_annotations=vstar, sampled=eval_sampled, progress=p)
 

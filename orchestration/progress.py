@@ -262,6 +262,20 @@ class ProgressDisplay:
                     self._maybe_print(state, force=True)
 
 
+class NullDisplay(ProgressDisplay):
+    """Shows nothing: for a process whose progress another one displays (an evaluation worker
+    records its rows with `track(record_to=...)` and the demo shows them)."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=sys.stderr, live=False)
+
+    def show(self, state: ProgressState) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def track(display: ProgressDisplay | None, stage: str, kind: str, total: int,
           record_to: Path | None = None, started: float | None = None) -> Iterator[Callable[[int, dict[str, float]], None]]:
