@@ -87,6 +87,7 @@ def page(tmp_path_factory) -> Path:
     claim misses."""
     import imageio.v2 as imageio
 
+    chromium()  # skip (or fail under CI) before building a page no browser will open
     root = tmp_path_factory.mktemp("browser")
     frames = np.full((N, H, W, 3), 30, dtype=np.uint8)
     x1, y1, x2, y2 = SQUARE
