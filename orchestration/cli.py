@@ -82,13 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     from stgrl.orchestration.config import ConfigError
     from stgrl.orchestration.console_log import restore_streams
 
+    ray_was_up = _ray_connected()
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:
         logging.getLogger("stgrl").error("config error: %s", e)
         return 2
     finally:
+        if not ray_was_up and _ray_connected():
+            # Ray's log thread would print its last actor lines onto the console once the streams
+            # are back: disconnect (or stop the local cluster this command started) first
+            import ray
+
+            ray.shutdown()
         restore_streams()  # a traceback after this must reach the real stderr
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 if __name__ == "__main__":

@@ -177,13 +177,17 @@ class ProgressDisplay:
 
     def __init__(self, stream: IO[str] | None = None, live: bool | None = None, interval_s: float = 15.0,
                  console: Any = None) -> None:
-        self.stream = stream if stream is not None else (console.file if console is not None else sys.stderr)
+        if stream is None:
+            stream = console.file if console is not None else sys.stderr
+            stream = getattr(stream, "original", None) or stream  # not into the logs (console_log.LineToLog)
+        self.stream = stream
         self.live = bool(getattr(self.stream, "isatty", lambda: False)()) if live is None else live
         self.interval_s = interval_s
         self._console = console
         self._states: dict[str, ProgressState] = {}
+        self._shown_at: dict[str, float] = {}
         self._printed: dict[str, tuple[float, int, bool]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by the first live render inside show()
         self._live: Any = None
 
     def __enter__(self) -> ProgressDisplay:
@@ -195,6 +199,7 @@ class ProgressDisplay:
     def show(self, state: ProgressState) -> None:
         with self._lock:
             self._states[state.stage] = state
+            self._shown_at[state.stage] = time.monotonic()
             if self.live:
                 self._show_live()
             else:
@@ -221,7 +226,7 @@ class ProgressDisplay:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        rows = [(s, dict(_columns(s))) for s in self._states.values()]
+        rows = [(self._aged(s), dict(_columns(s))) for s in self._states.values()]
         optional = [c for c in ("reward", "loss", "held-out loss", "tok/s", "lag") if any(c in cols for _, cols in rows)]
         table = Table(box=None, padding=(0, 1), show_edge=False)
         table.add_column("stage", no_wrap=True, min_width=max(len(s.stage) for s, _ in rows))
@@ -237,6 +242,18 @@ class ProgressDisplay:
                           "[green]done[/green]" if s.finished else format_duration(s.eta_s))
         return table
 
+    def _aged(self, state: ProgressState) -> ProgressState:
+        """The state as of now: the live table redraws between steps, and its clocks must not stop."""
+        if state.finished:
+            return state
+        age = time.monotonic() - self._shown_at.get(state.stage, time.monotonic())
+        eta = None if state.eta_s is None else max(0.0, state.eta_s - age)
+        return msgspec.structs.replace(state, elapsed_s=state.elapsed_s + age, eta_s=eta)
+
+    def __rich__(self) -> Any:
+        with self._lock:
+            return self._table()
+
     def _show_live(self) -> None:
         if self._live is None:
             from rich.console import Console
@@ -245,21 +262,20 @@ class ProgressDisplay:
             console = self._console or Console(file=self.stream)
             # our own stream routing (stgrl.orchestration.console_log) already keeps stray output
             # away from the terminal; Live redirecting it again would fight that
-            self._live = Live(self._table(), console=console, refresh_per_second=2, redirect_stdout=False,
+            # the display itself is the renderable: each refresh (2 per second) redraws it as of now
+            self._live = Live(self, console=console, refresh_per_second=2, redirect_stdout=False,
                               redirect_stderr=False, transient=False)
             self._live.start()
-        else:
-            self._live.update(self._table())
 
     def close(self) -> None:
         with self._lock:
-            if self._live is not None:
-                self._live.update(self._table())
-                self._live.stop()
-                self._live = None
-            elif not self.live:
+            live, self._live = self._live, None
+            if live is None and not self.live:
                 for state in self._states.values():
                     self._maybe_print(state, force=True)
+        if live is not None:
+            # outside the lock: stopping joins the refresh thread, which takes the lock to render
+            live.stop()
 
 
 class NullDisplay(ProgressDisplay):

@@ -166,3 +166,16 @@ def test_watcher_skips_a_torn_line_and_old_stages(tmp_path):
     os.utime(tmp_path / "config_sft.yaml", (old, old))
     assert RunWatcher(tmp_path, since=now - 10).states(now=now + 2) == []
     assert len(RunWatcher(tmp_path).states(now=now + 2)) == 1
+
+
+def test_live_table_clocks_keep_running_between_steps():
+    import time
+
+    from rich.console import Console
+
+    display = ProgressDisplay(_Terminal(), live=False, interval_s=3600)  # render by hand, no live thread
+    display.show(ProgressState(stage="RL (sync)", kind="rl", done=2, total=8, elapsed_s=10.0, eta_s=30.0))
+    time.sleep(2.1)
+    out = io.StringIO()
+    Console(file=out, width=100).print(display)
+    assert "0:12" in out.getvalue() and "0:28" in out.getvalue(), out.getvalue()  # elapsed up, ETA down
