@@ -12,9 +12,6 @@ import importlib
 import logging
 import sys
 
-from rich.console import Console
-from rich.logging import RichHandler
-
 # Module names under stgrl.orchestration.commands, in --help order.
 COMMANDS: tuple[str, ...] = (
     "init_model",
@@ -28,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "visualize",
     "ablate",
     "rewards",
+    "watch",
 )
 
 DESCRIPTION = """\
@@ -50,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stgrl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything live: debug logging, per-step and library messages, Ray actor "
+                             "output (by default they go only to <run-dir>/logs/<stage>.log)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in COMMANDS:
         mod = importlib.import_module(f"stgrl.orchestration.commands.{name}")
@@ -66,14 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        # logs go to stderr: commands that print results (config, rewards score) own stdout
-        handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)],
-        force=True,
-    )
+    """Console logging: quiet by default, everything with -v (stgrl.orchestration.console_log)."""
+    from stgrl.orchestration.console_log import setup_console
+
+    setup_console(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,12 +80,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(args.verbose)
     from stgrl.orchestration.config import ConfigError
+    from stgrl.orchestration.console_log import restore_streams
 
+    ray_was_up = _ray_connected()
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:
         logging.getLogger("stgrl").error("config error: %s", e)
         return 2
+    finally:
+        if not ray_was_up and _ray_connected():
+            # Ray's log thread would print its last actor lines onto the console once the streams
+            # are back: disconnect (or stop the local cluster this command started) first
+            import ray
+
+            ray.shutdown()
+        restore_streams()  # a traceback after this must reach the real stderr
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 if __name__ == "__main__":

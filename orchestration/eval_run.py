@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +110,14 @@ def _target_loss(model, processor, prepared: Any, target: str) -> float:
 
 def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], dataset_dir: Path, out_dir: Path,
                    max_samples: int = 64, swapped: bool = True, max_new_tokens: int | None = None,
-                   vstar_annotations: Path | None = None, sampled: int = 0) -> dict[str, float]:
+                   vstar_annotations: Path | None = None, sampled: int = 0,
+                   progress: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Greedy generation + scoring on up to `max_samples` held-out records; returns flat metrics.
 
     `sampled > 0` also draws that many completions per prompt at `cfg.rollout.temperature`/`top_p`,
     seeded per record from `cfg.run.seed`, so two checkpoints are compared on the same random draws
-    (common random numbers: the before/after difference then carries less sampling noise)."""
+    (common random numbers: the before/after difference then carries less sampling noise).
+    `progress(i, metrics)` is called after each sample (the progress display)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -146,7 +150,9 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
         except MediaError as e:
             log.warning("eval: skipping %s: %s", rec.id, e)
             continue
+        t_gen = time.perf_counter()
         comp = engine.generate_group(EnginePrompt(model_inputs=prepared.model_inputs), 1, sampling)[0]
+        t_gen = time.perf_counter() - t_gen
         score = score_sample(_scoring_sample(rec, comp.text, prepared.frame_size), final_step,
                              cfg.run.total_steps, cfg.reward)
         prepared_all.append(prepared)
@@ -164,6 +170,9 @@ def evaluate_model(cfg: Config, model_path: str | Path, records: list[Any], data
             sampled_scores.append(drawn)
             pred["sampled_reward_totals"] = [d.total for d in drawn]
         preds.append(pred)
+        if progress is not None:
+            progress(index, {"eval/reward_total": score.total,
+                             "eval/tokens_per_s": len(comp.token_ids) / max(1e-9, t_gen)})
     with (out_dir / "predictions.jsonl").open("w") as fh:
         for p in preds:
             fh.write(json.dumps(p) + "\n")

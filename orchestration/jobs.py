@@ -21,6 +21,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+FAILED_TAIL_LINES = 30
+"""Lines of a failed job's log shown on the console (its whole log is in the run's logs/)."""
 
 
 class JobChainError(RuntimeError):
@@ -131,6 +133,24 @@ class LocalHead:
                 os.environ[key] = old
 
 
+def forward_job_line(name: str, line: str) -> None:
+    """One line of a job's log, re-logged here. The job's own log lines (plain `HH:MM:SS LEVEL msg`:
+    a job's console is not a terminal) keep their level, lose their timestamp (ours is added: no
+    double timestamps) and get the job's name; anything else (Ray's job-manager lines, the job's
+    progress lines, which this process shows itself from the run directory) is chatter: the log file
+    only, the console too with -v."""
+    from stgrl.orchestration.console_log import PLAIN_LINE, strip_ansi
+
+    line = strip_ansi(line).rstrip()
+    if not line.strip():
+        return
+    m = PLAIN_LINE.match(line)
+    if m:
+        log.log(logging.getLevelName(m.group(2)), "[%s] %s", name, m.group(3))
+    else:
+        logging.getLogger(f"{__name__}.output").log(logging.INFO, "[%s] %s", name, line)
+
+
 def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str], timeout_s: float,
                     poll_s: float = 2.0) -> str:
     """Submit one job, stream its new log lines, and return its terminal status (or raise on timeout)."""
@@ -145,16 +165,25 @@ def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str
             if "No available agent" not in str(e) or attempt == 59:
                 raise
             time.sleep(2.0)
-    log.info("submitted Ray job %s: %s", job_id, shlex.join(entrypoint))
+    log.info("submitted Ray job %s", job_id)
+    log.debug("job %s entrypoint: %s", job_id, shlex.join(entrypoint))
     deadline = time.monotonic() + timeout_s
     shown = 0
     while True:
         status = str(client.get_job_status(job_id)).split(".")[-1]
         logs = client.get_job_logs(job_id)
         for line in logs[shown:].splitlines():
-            log.info("[%s] %s", name, line)
+            forward_job_line(name, line)
         shown = len(logs)
         if status in TERMINAL:
+            if status != "SUCCEEDED":
+                # quiet mode kept the job's raw lines (a traceback among them) off the console: show
+                # the end of its log now, when it matters
+                from stgrl.orchestration.console_log import strip_ansi
+
+                tail = [strip_ansi(line) for line in logs.splitlines()[-FAILED_TAIL_LINES:]]
+                log.error("job %s ended %s; the last %d lines of its log:\n%s", name, status, len(tail),
+                          "\n".join(tail))
             return status
         if time.monotonic() > deadline:
             client.stop_job(job_id)
@@ -163,11 +192,11 @@ def submit_and_wait(client, entrypoint: list[str], name: str, env: dict[str, str
 
 
 def run_chain(config_path: str | None, overrides: list[str], run_dir: Path, address: str | None,
-              resources: dict[str, float], timeout_s: float) -> None:
-    """SFT job -> (on SUCCEEDED) RL job from the SFT checkpoint."""
+              resources: dict[str, float], timeout_s: float, verbose: bool = False) -> None:
+    """SFT job -> (on SUCCEEDED) RL job from the SFT checkpoint. `verbose`: the jobs run with -v."""
     from ray.job_submission import JobSubmissionClient
 
-    base = [sys.executable, "-m", "stgrl"]
+    base = [sys.executable, "-m", "stgrl", *(["-v"] if verbose else [])]
     cfg_args = (["--config", str(Path(config_path).resolve())] if config_path else []) + list(overrides)
     env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "TORCH_EXTENSIONS_DIR", "MPLCONFIGDIR",
                                                          "WANDB_MODE", "DS_ACCELERATOR", "OMP_NUM_THREADS")}

@@ -63,7 +63,10 @@ def init_ray(cfg: Config) -> bool:
         # Inside a Ray job the job's runtime env already applies to every actor, and Ray refuses a
         # driver env that names any of its keys again: set only what this process's env lacks.
         env = {k: v for k, v in runtime_env["env_vars"].items() if k not in os.environ}
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=True)
+        # configure_logging=False: Ray's records reach our handlers (the stage's log file) instead of
+        # a console handler of its own
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env}, log_to_driver=True,
+                 configure_logging=False)
         return False
     log.info("starting a local Ray cluster (no RAY_ADDRESS)")
     ray.init(**local_init_kwargs(cfg), runtime_env=runtime_env)

@@ -1,5 +1,8 @@
 """End-of-run report: ``report.md`` plus PNG plots made from ``metrics.jsonl`` and the eval results.
 
+The report opens with the run's verdict (the same lines the demo prints last) and the key plots,
+then the full held-out table, then every plot.
+
 Plots: reward total and each component over steps, the proximity σ curriculum, throughput, idle
 ratios, weight-version lag, and the engine-vs-learner log-prob gap (the check that rollout and
 learner see the same pixels and weights).
@@ -109,18 +112,28 @@ def eval_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: Path, evals: dict[str, dict] | None = None, extra_sections: dict[str, str] | None = None) -> Path:
-    """Write ``report.md`` (+ plots in ``plots/``) for a run directory; returns the report path."""
+KEY_PLOTS = ("reward.png",)
+"""Shown right under the verdict: is the train reward going up."""
+
+
+def write_report(run_dir: Path, evals: dict[str, dict] | None = None, extra_sections: dict[str, str] | None = None,
+                 verdict: list[str] | None = None) -> Path:
+    """Write ``report.md`` (+ plots in ``plots/``) for a run directory; returns the report path.
+    `verdict`: lines shown first (`stgrl.orchestration.verdict`), with the key plots under them."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     plots = make_plots(rows, run_dir / "plots")
     evals = evals or {}
     (run_dir / "eval_summary.json").write_text(json.dumps(evals, indent=2))
     parts = [f"# stgrl run report: {run_dir.name}\n"]
+    if verdict:
+        parts.append("## Verdict\n")
+        parts.append("```\n" + "\n".join(verdict) + "\n```\n")
+        parts += [f"![{p.stem}](plots/{p.name})\n" for p in plots if p.name in KEY_PLOTS]
     if rows:
         last = rows[-1]
         parts.append(f"RL steps: {len(rows)}; final train reward mean: {_fmt(last.get('train/reward_mean'))}\n")
-    parts.append("## Held-out evaluation\n")
+    parts.append("## Held-out evaluation (full table)\n" if verdict else "## Held-out evaluation\n")
     parts.append("Rewards are scored at the *final* curriculum σ for every phase, so the curriculum cannot fake a rise.\n")
     parts.append(eval_table(evals))
     for title, body in (extra_sections or {}).items():

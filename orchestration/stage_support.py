@@ -1,12 +1,11 @@
 """What every stage (SFT, RL, eval) does before and around its work: a run directory with the config
-used and a log file, the datasets read (bad records counted and skipped), a metrics sink, and a
-rich progress bar with step, reward/loss, throughput and ETA."""
+used and a log file, the datasets read (bad records counted and skipped) and a metrics sink. The
+progress display is `stgrl.orchestration.progress`."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,18 @@ def prepare_run_dir(cfg: Config, run_dir: Path, stage: str) -> Path:
 @contextlib.contextmanager
 def stage_log(run_dir: Path, stage: str) -> Iterator[None]:
     """Tee every log record into `<run_dir>/logs/<stage>.log` while the stage runs (and only then:
-    a process that runs several stages must not keep writing into earlier stages' files)."""
+    a process that runs several stages must not keep writing into earlier stages' files). In quiet
+    mode the file also gets what the console does not: chatter, library messages, the stage's
+    captured stdout/stderr (Ray's copies of actor output included; stgrl.orchestration.console_log)."""
+    from stgrl.orchestration.console_log import capture_stdout
+
     handler = logging.FileHandler(run_dir / "logs" / f"{stage}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        yield
+        with capture_stdout():
+            yield
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -75,34 +79,3 @@ def make_sink(cfg: Config, run_dir: Path, stage: str):
     return MetricsSink(run_dir, wandb_enabled=cfg.metrics.wandb, wandb_mode=cfg.metrics.wandb_mode,
                        wandb_project=cfg.metrics.wandb_project, wandb_run_name=cfg.metrics.wandb_run_name,
                        prometheus=cfg.metrics.prometheus, config_dict=msgspec.to_builtins(cfg), stage=stage)
-
-
-@contextlib.contextmanager
-def stage_progress(title: str, total: int, keys: tuple[str, ...]) -> Iterator[Any]:
-    """A rich progress bar; yields `update(step, metrics)` that advances it and shows `keys`."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), transient=False) as progress:
-        task = progress.add_task(title, total=total, info="")
-        t0 = time.perf_counter()
-
-        def update(step: int, metrics: dict[str, float]) -> None:
-            parts = []
-            for k in keys:
-                v = metrics.get(k)
-                if isinstance(v, (int, float)):
-                    parts.append(f"{k.split('/')[-1]}={v:.3g}")
-            parts.append(f"{(step + 1) / max(1e-9, time.perf_counter() - t0):.2f} step/s")
-            progress.update(task, completed=step + 1, info=" ".join(parts))
-            log.debug("%s step %d: %s", title, step, parts)
-
-        yield update

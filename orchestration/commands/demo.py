@@ -13,6 +13,10 @@ End to end on a laptop (no GPU, no downloads): build the tiny model and the synt
 if missing, evaluate the untrained model on the held-out split, run SFT and RL as chained Ray jobs
 on a local cluster, evaluate after each, and write <run-dir>/report.md with plots.
 
+The console shows a progress display per stage and ends with a short verdict (held-out reward
+before/after with 95 % intervals); the details are in <run-dir>/logs/ (-v shows them live). Follow
+it from another shell with `stgrl watch <run-dir>`.
+
   stgrl demo --config configs/demo.yaml
 """
 
@@ -41,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
                           f"and {args.eval_sampled}")
     cfg = load_config(args.config, args.overrides)
     run_demo(cfg, args.config, args.overrides, resolve_run_dir(cfg, args.run_dir), args.eval_samples,
-             use_jobs=not args.in_process, eval_sampled=args.eval_sampled)
+             use_jobs=not args.in_process, eval_sampled=args.eval_sampled, verbose=args.verbose)
     return 0

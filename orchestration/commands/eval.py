@@ -156,7 +156,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.console_log import capture_stdout
     from stgrl.orchestration.eval_run import evaluate_model
+    from stgrl.orchestration.progress import track
     from stgrl.orchestration.stage_support import check_model_path, load_split
 
     cfg = load_config(args.config, args.overrides)
@@ -164,9 +166,10 @@ def _run_run(args: argparse.Namespace) -> int:
     data = args.data or cfg.data.eval
     records, dataset_dir = load_split(data, "eval")
     vstar = Path(args.vstar) if args.vstar else Path(data).parent / "eval_vstar.json"
-    metrics = evaluate_model(cfg, args.model, records, dataset_dir, Path(args.out), max_samples=args.max_samples,
-                             swapped=not args.no_swap, vstar_annotations=vstar if vstar.is_file() else None,
-                             sampled=args.sampled)
+    with track(None, "eval", "eval", min(args.max_samples, len(records))) as progress, capture_stdout():
+        metrics = evaluate_model(cfg, args.model, records, dataset_dir, Path(args.out), max_samples=args.max_samples,
+                                 swapped=not args.no_swap, vstar_annotations=vstar if vstar.is_file() else None,
+                                 sampled=args.sampled, progress=progress)
     table = Table(title=f"held-out evaluation of {args.model}")
     table.add_column("metric")
     table.add_column("value", justify="right")

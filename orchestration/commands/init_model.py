@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
                       "delete it for --force", out)
             return 2
         shutil.rmtree(out)
-    build_tiny_model(out, seed=args.seed)
-    pretrain_embedded_model(out, args.vision_steps, args.caption_steps, args.seed)
+    from stgrl.orchestration.console_log import capture_stdout
+
+    with capture_stdout():  # library chatter (DeepSpeed's accelerator line, weight bars) off the console
+        build_tiny_model(out, seed=args.seed)
+        pretrain_embedded_model(out, args.vision_steps, args.caption_steps, args.seed)
     return 0

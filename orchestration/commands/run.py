@@ -26,13 +26,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.console_log import display_for_console
     from stgrl.orchestration.jobs import run_chain
+    from stgrl.orchestration.progress import RunWatcher, follow
     from stgrl.orchestration.ray_setup import local_resources
     from stgrl.orchestration.stage_support import check_model_path, resolve_run_dir
 
     cfg = load_config(args.config, args.overrides)  # validate before submitting anything
     check_model_path(cfg, cfg.model.path)
     run_dir = resolve_run_dir(cfg, args.run_dir)
-    run_chain(args.config, args.overrides, run_dir, args.address, local_resources(cfg), args.job_timeout)
+    # the jobs' consoles are log files: this process shows their progress from the run directory
+    with display_for_console() as display, follow(RunWatcher(run_dir, since=time.time()), display):
+        run_chain(args.config, args.overrides, run_dir, args.address, local_resources(cfg), args.job_timeout,
+                  verbose=args.verbose)
     return 0

@@ -23,3 +23,6 @@ def test_failed_sft_job_stops_the_chain(tmp_path, caplog):
     text = caplog.text
     assert "[stgrl-sft]" in text and "holds no HF checkpoint" in text  # the job's own error is shown
     assert "submitted Ray job stgrl-rl" not in text
+    # the failed job's log tail reaches the console even in quiet mode (its raw lines are chatter)
+    tails = [r for r in caplog.records if r.levelno == logging.ERROR and "job stgrl-sft ended FAILED; the last" in r.getMessage()]
+    assert tails and "holds no HF checkpoint" in tails[0].getMessage()
