@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "sft",
     "rl",
     "run",
+    "train",
     "demo",
     "eval",
     "visualize",

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stgrl.orchestration.metric_names import METRIC_NAMES
+from stgrl.orchestration.metric_names import DRIVER_OWNED
 
 log = logging.getLogger(__name__)
 
 # DESIGN 11 metrics that carry a tag instead of being separate names.
 TAGGED = {"pipeline/idle_ratio": ("pool",)}
-HISTOGRAMS = {"reward/latency_s": [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 2.0]}
+HISTOGRAMS: dict[str, list[float]] = {}  # the one DESIGN 11 histogram, reward/latency_s, is the shards'
 
 
 def ray_metric_name(name: str) -> str:
@@ -31,14 +31,16 @@ def ray_metric_name(name: str) -> str:
 
 
 class PrometheusExporter:
-    """Registers every DESIGN 11 metric with ``ray.util.metrics`` and sets gauges from a step dict."""
+    """Registers the driver's DESIGN 11 metrics (`DRIVER_OWNED`) with ``ray.util.metrics`` and sets
+    gauges from a step dict. The reward shards' names (`SHARD_OWNED`) are left to the shards: the
+    driver's per-step values of those stay in metrics.jsonl."""
 
     def __init__(self) -> None:
         from ray.util import metrics
 
         self._gauges: dict[str, Any] = {}
         self._hists: dict[str, Any] = {}
-        for name in METRIC_NAMES:
+        for name in DRIVER_OWNED:
             desc = f"stgrl {name}"
             if name in HISTOGRAMS:
                 self._hists[name] = metrics.Histogram(ray_metric_name(name), description=desc,
@@ -46,6 +48,10 @@ class PrometheusExporter:
             else:
                 self._gauges[name] = metrics.Gauge(ray_metric_name(name), description=desc,
                                                    tag_keys=TAGGED.get(name, ()))
+
+    def registered(self) -> tuple[str, ...]:
+        """Design names registered by this exporter (`DRIVER_OWNED`)."""
+        return (*self._gauges, *self._hists)
 
     def export(self, values: dict[str, float]) -> None:
         for key, value in values.items():
