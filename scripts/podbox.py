@@ -266,7 +266,7 @@ class Box:
             "RAY_USAGE_STATS_ENABLED": "0",
             "MY_POD_IP": pod.ip,
         }
-        if not pod.spec.is_head:
+        if pod.spec.group not in ("head", "plain"):
             env["RAY_ADDRESS"] = f"{self.head_service}:{GCS_PORT}"
         return env
 
@@ -329,6 +329,10 @@ class Box:
         self._make_netns(pod, n)
         self.pods[name] = pod
         return pod
+
+    def pods_matching(self, labels: dict[str, str]) -> list[Pod]:
+        """Ray pods whose labels include `labels` (a PodMonitor's or Service's selector)."""
+        return [p for p in self.pods.values() if labels.items() <= p.spec.labels.items()]
 
     def wait_ready(self, expect_nodes: int, timeout: float = 300.0) -> None:
         """Wait until the head's GCS counts `expect_nodes` alive nodes (asked from inside the head)."""
