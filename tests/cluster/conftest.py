@@ -11,7 +11,24 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from podcluster import REPO, cluster_of, podbox, prepare_volume, rendered_overlay
+
+
+def _podcluster():
+    """tests/cluster/podcluster.py (the suite imports in importlib mode: no sys.path entry)."""
+    import importlib.util
+    import sys
+
+    if "stgrl_podcluster" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("stgrl_podcluster", Path(__file__).with_name("podcluster.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["stgrl_podcluster"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["stgrl_podcluster"]
+
+
+_pc = _podcluster()
+REPO, cluster_of, podbox, prepare_volume, rendered_overlay = (
+    _pc.REPO, _pc.cluster_of, _pc.podbox, _pc.prepare_volume, _pc.rendered_overlay)
 
 
 @pytest.fixture(scope="session")

@@ -29,11 +29,27 @@ from typing import Any
 
 import pytest
 import yaml
-from podcluster import REPO, cluster_of, manifests, rendered_overlay, train_job
 
 from stgrl.orchestration.ledger import check_ledger
 from stgrl.orchestration.metric_names import DRIVER_OWNED, METRIC_NAMES, SHARD_OWNED, prometheus_name
 
+
+def _podcluster():
+    """tests/cluster/podcluster.py (the suite imports in importlib mode: no sys.path entry)."""
+    import importlib.util
+    import sys
+
+    if "stgrl_podcluster" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("stgrl_podcluster", Path(__file__).with_name("podcluster.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["stgrl_podcluster"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["stgrl_podcluster"]
+
+
+_pc = _podcluster()
+REPO, cluster_of, manifests, rendered_overlay, train_job = (
+    _pc.REPO, _pc.cluster_of, _pc.manifests, _pc.rendered_overlay, _pc.train_job)
 pytestmark = pytest.mark.timeout(900)
 RUN_DIR = "runs/stgrl"  # the RayJob's --run-dir /data/runs/stgrl, on the host side of the volume
 JOB_TIMEOUT_S = 720.0
