@@ -28,10 +28,11 @@ manifests = _load("stgrl_k8s_manifests", REPO / "tests" / "k8s" / "test_manifest
 # The shortened demo config copied to /data/configs/demo.yaml (the RayJob's --config): the demo's
 # pools and modes, a few steps of each stage on tiny inputs. The RayJob's own entrypoint overrides
 # (bind 0.0.0.0, elastic rollout) apply on top, unchanged.
+RL_STEPS = 26  # enough steps for a pod to join (~60 s to load its workers), two pods to die, a query
 TEST_CONFIG = [
     "metrics.wandb=false", "rollout.max_new_tokens=24", "rollout.prompts_per_step=4",
     "learner.num_minibatches=2", "sft.steps=3", "sft.batch_size=4", "sft.eval_every=0",
-    "sft.eval_samples=4", "run.total_steps=12", "rollout.elastic_check_s=2",
+    "sft.eval_samples=4", f"run.total_steps={RL_STEPS}", "rollout.elastic_check_s=2",
 ]
 
 
