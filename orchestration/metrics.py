@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,27 @@ def ray_metric_name(name: str) -> str:
 class PrometheusExporter:
     """Registers the driver's DESIGN 11 metrics (`DRIVER_OWNED`) with ``ray.util.metrics`` and sets
     gauges from a step dict. The reward shards' names (`SHARD_OWNED`) are left to the shards: the
-    driver's per-step values of those stay in metrics.jsonl."""
+    driver's per-step values of those stay in metrics.jsonl.
 
-    def __init__(self) -> None:
+    Gauges keep their last value: Ray exports a gauge only for a report interval or two after it
+    was set (10 s by default), so a gauge set once per step disappeared from Prometheus whenever a
+    step took longer than that (every step of a real model; a component absent from a step's batch
+    at once), and dashboard panels went empty. A daemon thread sets every gauge's last value again
+    every `refresh_s` until `close()`; `refresh_s=0` turns that off.
+    """
+
+    def __init__(self, refresh_s: float = 4.0) -> None:
         from ray.util import metrics
 
         self._gauges: dict[str, Any] = {}
         self._hists: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refresh_s > 0:
+            self._thread = threading.Thread(target=self._keep, args=(refresh_s,), name="stgrl-gauges", daemon=True)
+            self._thread.start()
         for name in DRIVER_OWNED:
             desc = f"stgrl {name}"
             if name in HISTOGRAMS:
@@ -53,16 +68,37 @@ class PrometheusExporter:
         """Design names registered by this exporter (`DRIVER_OWNED`)."""
         return (*self._gauges, *self._hists)
 
+    def _set(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
+        self._gauges[name].set(value, tags=tags)
+        with self._lock:
+            self._last[(name, tuple(sorted((tags or {}).items())))] = value
+
+    def _keep(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            with self._lock:
+                last = list(self._last.items())
+            for (name, tags), value in last:
+                try:
+                    self._gauges[name].set(value, tags=dict(tags) or None)
+                except Exception as e:  # metrics must never take a run down
+                    log.debug("re-setting gauge %s failed: %s", name, e)
+
     def export(self, values: dict[str, float]) -> None:
         for key, value in values.items():
             if value is None or not math.isfinite(value):
                 continue
             if key.startswith("pipeline/idle_ratio/"):
-                self._gauges["pipeline/idle_ratio"].set(value, tags={"pool": key.rsplit("/", 1)[1]})
+                self._set("pipeline/idle_ratio", value, {"pool": key.rsplit("/", 1)[1]})
             elif key in self._hists:
                 self._hists[key].observe(value)
             elif key in self._gauges and key not in TAGGED:
-                self._gauges[key].set(value)
+                self._set(key, value)
+
+    def close(self) -> None:
+        """Stop re-setting the gauges (they then expire from the metrics endpoint)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 class MetricsSink:
@@ -108,6 +144,9 @@ class MetricsSink:
 
     def close(self) -> None:
         self._fh.close()
+        if self._prom is not None:
+            self._prom.close()
+            self._prom = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

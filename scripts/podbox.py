@@ -182,6 +182,7 @@ class Box:
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     pods: dict[str, Pod] = field(default_factory=dict)
     _next_ip: int = 10
+    _made: dict[str, int] = field(default_factory=dict)  # pods made per group (names never reused)
     _bridge_ns: str = ""
 
     # ------------------------------------------------------------------ set-up
@@ -216,12 +217,10 @@ class Box:
 
     def add_pod(self, group: str, index: int | None = None) -> Pod:
         """Create the pod's namespaces and start its `ray start --block` (workers join the head)."""
-        if index is None:
-            index = sum(1 for p in self.pods.values() if p.spec.group == group)
+        if index is None:  # a replacement pod gets a fresh name, as a ReplicaSet would
+            index = self._made.get(group, 0)
+        self._made[group] = max(self._made.get(group, 0), index + 1)
         spec = pod_spec(self.cluster, group, index)
-        while spec.name in self.pods:  # a replacement pod gets a fresh name, as a ReplicaSet would
-            index += 1
-            spec = pod_spec(self.cluster, group, index)
         n = self._next_ip
         self._next_ip += 1
         netns = f"pbx{self.tag}-{n}"
