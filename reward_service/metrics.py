@@ -111,9 +111,14 @@ class ShardStats:
 
 
 class RayMetricsExporter:
-    """Pushes a shard's stats to Prometheus through `ray.util.metrics` (only inside a Ray worker)."""
+    """Pushes a shard's stats to Prometheus through `ray.util.metrics` (only inside a Ray worker).
 
-    def __init__(self, shard: int) -> None:
+    The request-rate gauge is set again every `refresh_s` from the shard's stats (it decays to 0
+    while the shard idles): Ray drops a gauge a report interval or two after it was last set, and
+    between the steps of a real model a shard gets no request for minutes (`refresh_s=0`: off).
+    """
+
+    def __init__(self, shard: int, refresh_s: float = 4.0) -> None:
         from ray.util.metrics import Counter, Gauge, Histogram
 
         tags = ("shard",)
@@ -123,8 +128,27 @@ class RayMetricsExporter:
                                  LATENCY_BOUNDARIES_S, tags)
         self.requests = Counter(prometheus_name("reward/requests_total"), "reward requests", tags)
         self.samples = Counter(prometheus_name("reward/samples_total"), "reward samples", tags)
+        self._stats: ShardStats | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refresh_s > 0:
+            self._thread = threading.Thread(target=self._keep, args=(refresh_s,), name="reward-gauges", daemon=True)
+            self._thread.start()
+
+    def _keep(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            stats = self._stats
+            if stats is not None:
+                self.rps.set(stats.requests_per_s(), self._tags)
+
+    def close(self) -> None:
+        """Stop refreshing the request-rate gauge."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def export(self, stats: ShardStats, latency_s: float, n_samples: int) -> None:
+        self._stats = stats
         self.latency.observe(latency_s, self._tags)
         self.requests.inc(1, self._tags)
         if n_samples > 0:

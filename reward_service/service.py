@@ -49,6 +49,8 @@ class RewardShard:
 
     def stop(self) -> None:
         self._server.stop()
+        if self._exporter is not None:
+            self._exporter.close()
 
 
 def start_reward_service(num_shards: int, cfg: RewardConfig, *, num_cpus: float = 1.0, host: str = DEFAULT_HOST,
