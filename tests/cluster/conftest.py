@@ -5,7 +5,9 @@ every test of this folder; it is torn down (processes, namespaces, mounts) even 
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -65,3 +67,5 @@ def pod_cluster():
         yield box
     finally:
         box.down()
+        if not os.environ.get("STGRL_KEEP_PODBOX"):  # set it to keep the pods' logs and the volume
+            shutil.rmtree(base, ignore_errors=True)
