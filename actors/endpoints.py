@@ -8,11 +8,11 @@ the handshake failed, says so (a refused CURVE handshake is otherwise just silen
 from __future__ import annotations
 
 import logging
-import socket as pysocket
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from stgrl.actors.advertise import advertised_host
 from stgrl.actors.config import TransportConfig
 from stgrl.actors.security import CurveKeys, CurveServer, apply_client, needs_curve
 
@@ -89,8 +89,7 @@ class ServerSocket:
         except Exception:
             self.close()
             raise
-        host = advertise_host or (pysocket.gethostbyname(pysocket.gethostname())
-                                  if cfg.bind_host in ("0.0.0.0", "*") else cfg.bind_host)
+        host = advertise_host or advertised_host(cfg.bind_host)
         self.address = f"tcp://{host}:{self.port}"
 
     def close(self) -> None:

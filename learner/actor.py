@@ -189,6 +189,20 @@ class LearnerGroup:
         self.handles = []
 
 
+def rank_env(num_gpus_per_rank: float, cpus_per_rank: float = 1.0,
+             env_vars: dict[str, str] | None = None) -> dict[str, str]:
+    """The env vars one learner rank's actor asks Ray for: DeepSpeed's accelerator from the rank's own
+    GPU request (``cuda`` with GPUs, ``cpu`` without), always explicit.
+
+    Why explicit both ways: Ray merges the job's runtime env into every actor, and a driver on a
+    GPU-less node (a KubeRay head) may carry ``DS_ACCELERATOR=cpu`` in it; an actor that does not name
+    the key inherits it, and a GPU rank would then train on DeepSpeed's CPU accelerator with gloo.
+    """
+    env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_rank)))} | (env_vars or {})
+    env["DS_ACCELERATOR"] = "cuda" if num_gpus_per_rank else "cpu"
+    return env
+
+
 def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConfig, seed: int = 0, *,
                         num_gpus_per_rank: float = 0.0, cpus_per_rank: float = 1.0,
                         env_vars: dict[str, str] | None = None,
@@ -196,7 +210,7 @@ def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConf
     """Place ``num_ranks`` learner ranks (one bundle each, packed), pick a rendezvous port on rank 0's
     node, start every rank and wait until all engines are built.
 
-    CPU ranks get ``DS_ACCELERATOR=cpu`` in their environment before DeepSpeed is imported.
+    Each rank's accelerator follows its own resources (`rank_env`), set before DeepSpeed is imported.
     """
     bundle: dict[str, float] = {"learner": 1, "CPU": cpus_per_rank}
     if num_gpus_per_rank:
@@ -212,9 +226,7 @@ def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConf
     addr, port = ray.get(_address_and_free_port.options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote(),
         timeout=timeout_s)
-    env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_rank)))} | (env_vars or {})
-    if not num_gpus_per_rank:
-        env["DS_ACCELERATOR"] = "cpu"
+    env = rank_env(num_gpus_per_rank, cpus_per_rank, env_vars)
     cfg_builtins = msgspec.to_builtins(cfg)
     handles = [
         LearnerRank.options(

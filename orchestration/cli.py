@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "sft",
     "rl",
     "run",
+    "train",
     "demo",
     "eval",
     "visualize",

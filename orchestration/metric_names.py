@@ -5,11 +5,13 @@ Code registers each metric with ``ray.util.metrics`` under its DESIGN name with 
 ``ray_`` prefix (``ray_rollout_tokens_per_s``), which is what :func:`prometheus_name` returns and
 what ``k8s/grafana-dashboard.json`` queries. ``reward/latency_s`` is a histogram (exported as
 ``_bucket``/``_sum``/``_count``); ``pipeline/idle_ratio`` carries a ``pool`` tag (``rollout`` or
-``learner``). Counters, when added, end in ``_total``.
+``learner``). Counters, when added, end in ``_total``. Each name has one exporting owner
+(`DRIVER_OWNED`, `SHARD_OWNED`); ``metrics.jsonl`` holds the driver's value of every name.
 """
 
 from __future__ import annotations
 
+from stgrl.reward_service.metrics import SHARD_METRICS
 from stgrl.reward_service.types import COMPONENTS
 
 REWARD_COMPONENTS: tuple[str, ...] = COMPONENTS
@@ -32,6 +34,14 @@ METRIC_NAMES: tuple[str, ...] = (
     "train/reward_mean",
     "train/zero_std_groups",
 )
+
+
+SHARD_OWNED: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n in SHARD_METRICS)
+"""DESIGN 11 names the reward shards export (tag `shard`): the service's request rate and latency."""
+
+DRIVER_OWNED: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n not in SHARD_METRICS)
+"""DESIGN 11 names the RL driver exports. One owner per name: a name registered by two processes
+with different tags or buckets makes every dashboard sum mix them."""
 
 
 def prometheus_name(name: str) -> str:

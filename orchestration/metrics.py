@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from stgrl.orchestration.metric_names import METRIC_NAMES
+from stgrl.orchestration.metric_names import DRIVER_OWNED
 
 log = logging.getLogger(__name__)
 
 # DESIGN 11 metrics that carry a tag instead of being separate names.
 TAGGED = {"pipeline/idle_ratio": ("pool",)}
-HISTOGRAMS = {"reward/latency_s": [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 2.0]}
+HISTOGRAMS: dict[str, list[float]] = {}  # the one DESIGN 11 histogram, reward/latency_s, is the shards'
 
 
 def ray_metric_name(name: str) -> str:
@@ -31,14 +32,30 @@ def ray_metric_name(name: str) -> str:
 
 
 class PrometheusExporter:
-    """Registers every DESIGN 11 metric with ``ray.util.metrics`` and sets gauges from a step dict."""
+    """Registers the driver's DESIGN 11 metrics (`DRIVER_OWNED`) with ``ray.util.metrics`` and sets
+    gauges from a step dict. The reward shards' names (`SHARD_OWNED`) are left to the shards: the
+    driver's per-step values of those stay in metrics.jsonl.
 
-    def __init__(self) -> None:
+    Gauges keep their last value: Ray exports a gauge only for a report interval or two after it
+    was set (10 s by default), so a gauge set once per step disappeared from Prometheus whenever a
+    step took longer than that (every step of a real model; a component absent from a step's batch
+    at once), and dashboard panels went empty. A daemon thread sets every gauge's last value again
+    every `refresh_s` until `close()`; `refresh_s=0` turns that off.
+    """
+
+    def __init__(self, refresh_s: float = 4.0) -> None:
         from ray.util import metrics
 
         self._gauges: dict[str, Any] = {}
         self._hists: dict[str, Any] = {}
-        for name in METRIC_NAMES:
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refresh_s > 0:
+            self._thread = threading.Thread(target=self._keep, args=(refresh_s,), name="stgrl-gauges", daemon=True)
+            self._thread.start()
+        for name in DRIVER_OWNED:
             desc = f"stgrl {name}"
             if name in HISTOGRAMS:
                 self._hists[name] = metrics.Histogram(ray_metric_name(name), description=desc,
@@ -47,16 +64,41 @@ class PrometheusExporter:
                 self._gauges[name] = metrics.Gauge(ray_metric_name(name), description=desc,
                                                    tag_keys=TAGGED.get(name, ()))
 
+    def registered(self) -> tuple[str, ...]:
+        """Design names registered by this exporter (`DRIVER_OWNED`)."""
+        return (*self._gauges, *self._hists)
+
+    def _set(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
+        self._gauges[name].set(value, tags=tags)
+        with self._lock:
+            self._last[(name, tuple(sorted((tags or {}).items())))] = value
+
+    def _keep(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            with self._lock:
+                last = list(self._last.items())
+            for (name, tags), value in last:
+                try:
+                    self._gauges[name].set(value, tags=dict(tags) or None)
+                except Exception as e:  # metrics must never take a run down
+                    log.debug("re-setting gauge %s failed: %s", name, e)
+
     def export(self, values: dict[str, float]) -> None:
         for key, value in values.items():
             if value is None or not math.isfinite(value):
                 continue
             if key.startswith("pipeline/idle_ratio/"):
-                self._gauges["pipeline/idle_ratio"].set(value, tags={"pool": key.rsplit("/", 1)[1]})
+                self._set("pipeline/idle_ratio", value, {"pool": key.rsplit("/", 1)[1]})
             elif key in self._hists:
                 self._hists[key].observe(value)
             elif key in self._gauges and key not in TAGGED:
-                self._gauges[key].set(value)
+                self._set(key, value)
+
+    def close(self) -> None:
+        """Stop re-setting the gauges (they then expire from the metrics endpoint)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 class MetricsSink:
@@ -102,6 +144,9 @@ class MetricsSink:
 
     def close(self) -> None:
         self._fh.close()
+        if self._prom is not None:
+            self._prom.close()
+            self._prom = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

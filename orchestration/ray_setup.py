@@ -21,20 +21,19 @@ log = logging.getLogger(__name__)
 
 
 def actor_env(cfg: Config) -> dict[str, str]:
-    """Environment every actor starts with (DeepSpeed reads DS_ACCELERATOR at import)."""
+    """Environment every actor of the job starts with.
+
+    Nothing here depends on the driver's hardware: the driver often runs where no actor does (a
+    KubeRay head has no GPU), and Ray merges this env into every actor of the job. DeepSpeed's
+    accelerator (``DS_ACCELERATOR``) is chosen per learner rank from the learner's own resources
+    (`stgrl.learner.actor.rank_env`), so a GPU rank never inherits the head's CPU view.
+    """
     env = {
         "OMP_NUM_THREADS": str(cfg.run.torch_threads),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": cfg.metrics.wandb_mode,
     }
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            env["DS_ACCELERATOR"] = "cpu"
-    except ImportError:
-        env["DS_ACCELERATOR"] = "cpu"
     for key in ("TORCH_EXTENSIONS_DIR", "MPLCONFIGDIR", "PYTHONPATH"):
         if key in os.environ:
             env[key] = os.environ[key]

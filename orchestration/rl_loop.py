@@ -400,11 +400,12 @@ class RLDriver:
             n_samples = sum(len(g.completions) for g, _ in groups)
             all_rewards = [x for r in rewards for x in r]
             lag = [step - g.policy_version for g, _ in groups]
+            live = len(self.live_workers())  # an elastic pool keeps dead workers' slots in self.workers
             metrics = {
                 "train/reward_mean": sum(all_rewards) / max(1, len(all_rewards)),
                 "train/zero_std_groups": train.get("zero_std_groups", 0.0),
-                "rollout/tokens_per_s": n_tokens / max(1e-9, gen_total / max(1, len(self.workers))),
-                "rollout/samples_per_s": n_samples / max(1e-9, gen_total / max(1, len(self.workers))),
+                "rollout/tokens_per_s": pool_rate(n_tokens, gen_total, live),
+                "rollout/samples_per_s": pool_rate(n_samples, gen_total, live),
                 "rollout/queue_depth": float(sum(len(b) for s, b in self._buffer.items() if s > step)),
                 "rollout/live_workers": float(len(self.live_workers())),
                 "reward/requests_per_s": len(all_rewards) / max(1e-9, reward_latency),
@@ -422,7 +423,7 @@ class RLDriver:
                 "weights/version_lag": sum(lag) / max(1, len(lag)),
                 "weights/version_lag_max": float(max(lag, default=0)),
                 "pipeline/idle_ratio/learner": max(0.0, 1.0 - train_s / max(1e-9, step_s)),
-                "pipeline/idle_ratio/rollout": max(0.0, 1.0 - min(1.0, gen_total / max(1e-9, step_s * len(self.workers)))),
+                "pipeline/idle_ratio/rollout": max(0.0, 1.0 - min(1.0, gen_total / max(1e-9, step_s * max(1, live)))),
                 **{f"learner/{k}": train[k] for k in ("time_old_logprobs_s", "time_forward_s", "time_backward_s",
                                                       "time_optimizer_s") if k in train},
                 "rollout/generate_total_s": gen_total,
@@ -459,6 +460,14 @@ class RLDriver:
         for ch in (self.receiver, self.publisher):
             if ch is not None:
                 ch.close()
+
+
+def pool_rate(amount: float, busy_s_total: float, live_workers: int) -> float:
+    """Per-second rate of the rollout pool: `amount` (tokens, samples) over the pool's wall time, i.e.
+    the summed generate time spread over the workers that are live now. Workers that died or left
+    do not count: dividing by every worker ever started understates the rate of a pool that lost or
+    replaced workers (an elastic pool's list keeps their slots)."""
+    return amount / max(1e-9, busy_s_total / max(1, live_workers))
 
 
 def truncate_after(run_dir: Path, next_step: int) -> None:

@@ -7,11 +7,13 @@ a metric with an invalid name. `prometheus_name` is the one mapping:
 |---|---|---|
 | `reward/requests_per_s` | `reward_requests_per_s` | gauge (requests in the last `window_s`) |
 | `reward/latency_s` | `reward_latency_s` | histogram (shard handling time per request) |
-| `reward/<component>` | `reward_<component>` | gauge (mean of the component since start) |
 | `reward/requests_total` | `reward_requests_total` | counter |
 | `reward/samples_total` | `reward_samples_total` | counter |
 
-Every exported series carries the tag `shard`.
+Every exported series carries the tag `shard`. These names are the shards' alone (`SHARD_METRICS`):
+the driver exports none of them to Prometheus, so a dashboard query never mixes two sources with
+different tags or histogram buckets. Component means are the driver's (the step's batch means);
+a shard keeps its own in `ShardStats.snapshot()` only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from collections import deque
 
 from stgrl.reward_service.types import COMPONENTS, Score
 
+SHARD_METRICS: tuple[str, ...] = ("reward/requests_per_s", "reward/latency_s", "reward/requests_total",
+                                  "reward/samples_total")
+"""Design names the reward shards own in Prometheus (the driver registers none of them)."""
 LATENCY_BOUNDARIES_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -106,9 +111,14 @@ class ShardStats:
 
 
 class RayMetricsExporter:
-    """Pushes a shard's stats to Prometheus through `ray.util.metrics` (only inside a Ray worker)."""
+    """Pushes a shard's stats to Prometheus through `ray.util.metrics` (only inside a Ray worker).
 
-    def __init__(self, shard: int) -> None:
+    The request-rate gauge is set again every `refresh_s` from the shard's stats (it decays to 0
+    while the shard idles): Ray drops a gauge a report interval or two after it was last set, and
+    between the steps of a real model a shard gets no request for minutes (`refresh_s=0`: off).
+    """
+
+    def __init__(self, shard: int, refresh_s: float = 4.0) -> None:
         from ray.util.metrics import Counter, Gauge, Histogram
 
         tags = ("shard",)
@@ -118,13 +128,34 @@ class RayMetricsExporter:
                                  LATENCY_BOUNDARIES_S, tags)
         self.requests = Counter(prometheus_name("reward/requests_total"), "reward requests", tags)
         self.samples = Counter(prometheus_name("reward/samples_total"), "reward samples", tags)
-        self.components = {c: Gauge(prometheus_name(f"reward/{c}"), f"mean {c} reward", tags) for c in COMPONENTS}
+        self._stats: ShardStats | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refresh_s > 0:
+            self._thread = threading.Thread(target=self._keep, args=(refresh_s,), name="reward-gauges", daemon=True)
+            self._thread.start()
+
+    def _keep(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            stats = self._stats
+            if stats is not None:
+                self.rps.set(stats.requests_per_s(), self._tags)
+
+    def close(self) -> None:
+        """Stop refreshing the request-rate gauge."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def export(self, stats: ShardStats, latency_s: float, n_samples: int) -> None:
+        self._stats = stats
         self.latency.observe(latency_s, self._tags)
         self.requests.inc(1, self._tags)
         if n_samples > 0:
             self.samples.inc(n_samples, self._tags)
         self.rps.set(stats.requests_per_s(), self._tags)
-        for name, v in stats.component_means().items():
-            self.components[name].set(v, self._tags)
+
+    @staticmethod
+    def registered() -> tuple[str, ...]:
+        """Design names this exporter registers (all of `SHARD_METRICS`)."""
+        return SHARD_METRICS

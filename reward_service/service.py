@@ -49,6 +49,8 @@ class RewardShard:
 
     def stop(self) -> None:
         self._server.stop()
+        if self._exporter is not None:
+            self._exporter.close()
 
 
 def start_reward_service(num_shards: int, cfg: RewardConfig, *, num_cpus: float = 1.0, host: str = DEFAULT_HOST,
@@ -62,7 +64,9 @@ def start_reward_service(num_shards: int, cfg: RewardConfig, *, num_cpus: float 
     """
     handles = [RewardShard.options(num_cpus=num_cpus).remote(i, cfg, host, True, keys) for i in range(num_shards)]
     client = RewardClient(handles, cfg, lookup_timeout_s=start_timeout_s, keys=keys)
-    log.info("reward service up: %d shard(s)", num_shards)
+    # the addresses the shards advertise: on a multi-pod cluster each must be its pod's IP
+    addresses = ray.get([h.address.remote() for h in handles], timeout=start_timeout_s)
+    log.info("reward service up: %d shard(s) at %s", num_shards, ", ".join(addresses))
     return handles, client
 
 

@@ -9,6 +9,7 @@ import logging
 
 import zmq
 
+from stgrl.actors.advertise import endpoint
 from stgrl.actors.security import CurveKeys, CurveServer, apply_client, is_loopback
 from stgrl.reward_service.wire import MAX_MESSAGE_BYTES
 
@@ -26,7 +27,8 @@ def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None =
     Security: a bound socket with `curve_server` is a CURVE server (needed off loopback); a connecting
     socket with `curve_keys` is a CURVE client of a server using the same run keys.
 
-    Returns the socket and its endpoint (`tcp://host:port`). Linger 0: a closing socket drops what it
+    Returns the socket and its endpoint (`tcp://host:port`): for a wildcard bind (`0.0.0.0`) the host is
+    this node's address (`stgrl.actors.advertise`), never the wildcard peers cannot connect to. Linger 0: a closing socket drops what it
     could not send (the client retries by deadline anyway) instead of blocking shutdown; messages over
     `MAX_MESSAGE_BYTES` are refused on receipt.
     """
@@ -45,7 +47,7 @@ def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None =
             sock.close(0)
             raise ValueError(f"reward shard may bind to {bind_host!r} (not loopback) only with CURVE keys")
         port = sock.bind_to_random_port(f"tcp://{bind_host}")
-        return sock, f"tcp://{bind_host}:{port}"
+        return sock, endpoint(bind_host, port)
     assert connect is not None
     if curve_keys is not None:
         apply_client(sock, curve_keys.public, curve_keys)

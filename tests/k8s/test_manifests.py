@@ -341,7 +341,7 @@ def test_every_manifest_kind_is_checked():
     assert kinds == {"RayCluster", "RayJob", "PersistentVolumeClaim", "PodMonitor"}, kinds
     files = {p.name for p in manifest_files()}
     assert {
-        "raycluster.yaml", "rayjob-sft.yaml", "rayjob-rl.yaml", "rayjob-rl-standalone.yaml", "pvc.yaml",
+        "raycluster.yaml", "rayjob-train.yaml", "rayjob-rl-standalone.yaml", "pvc.yaml",
         "podmonitor.yaml",
     } <= files, files
 
@@ -425,23 +425,23 @@ def test_operator_rules_reject_bad_cluster(case):
 
 
 BAD_JOBS = {
-    "long name": ("rayjob-sft.yaml", lambda j: _set(j, "/metadata/name", "j" * 48), "no more than 47"),
-    "not dns1035": ("rayjob-sft.yaml", lambda j: _set(j, "/metadata/name", "Stgrl_SFT"), "DNS1035"),
+    "long name": ("rayjob-train.yaml", lambda j: _set(j, "/metadata/name", "j" * 48), "no more than 47"),
+    "not dns1035": ("rayjob-train.yaml", lambda j: _set(j, "/metadata/name", "Stgrl_SFT"), "DNS1035"),
     "both spec and selector": (
         "rayjob-rl-standalone.yaml",
         lambda j: _set(j, "/spec/clusterSelector", {"ray.io/cluster": "stgrl"}),
         "exactly one of",
     ),
     "neither spec nor selector": (
-        "rayjob-sft.yaml", lambda j: _del(j, "/spec/clusterSelector"), "exactly one of"
+        "rayjob-train.yaml", lambda j: _del(j, "/spec/clusterSelector"), "exactly one of"
     ),
     "empty selector name": (
-        "rayjob-sft.yaml", lambda j: _set(j, "/spec/clusterSelector", {"ray.io/cluster": ""}), "should not be empty"
+        "rayjob-train.yaml", lambda j: _set(j, "/spec/clusterSelector", {"ray.io/cluster": ""}), "should not be empty"
     ),
     "selector without ray.io/cluster": (
-        "rayjob-rl.yaml", lambda j: _set(j, "/spec/clusterSelector", {"app": "stgrl"}), "should not be empty"
+        "rayjob-train.yaml", lambda j: _set(j, "/spec/clusterSelector", {"app": "stgrl"}), "should not be empty"
     ),
-    "backoff with selector": ("rayjob-rl.yaml", lambda j: _set(j, "/spec/backoffLimit", 2), "BackoffLimit"),
+    "backoff with selector": ("rayjob-train.yaml", lambda j: _set(j, "/spec/backoffLimit", 2), "BackoffLimit"),
     "ttl without shutdown": (
         "rayjob-rl-standalone.yaml",
         lambda j: _set(j, "/spec/shutdownAfterJobFinishes", False),
@@ -562,22 +562,26 @@ def flag(entrypoint: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("source", ["base", *OVERLAYS])
-def test_sft_then_rl_jobs(source):
-    docs = load_docs(K8S / "rayjob-sft.yaml") + load_docs(K8S / "rayjob-rl.yaml") if source == "base" else rendered(source)
+def test_one_apply_runs_sft_then_rl(source):
+    """One RayJob on the long-lived cluster runs both stages in order (`stgrl train`: SFT, then RL
+    from its checkpoint): two RayJobs applied together would start together, RL before its
+    --init-from exists. Its rollout pool is elastic (pods added with `kubectl ray scale` get work)."""
+    docs = load_docs(K8S / "rayjob-train.yaml") if source == "base" else rendered(source)
     jobs = {j["metadata"]["name"]: j for j in by_kind("RayJob", docs)}
-    sft, rl = jobs["stgrl-sft"]["spec"], jobs["stgrl-rl"]["spec"]
+    assert list(jobs) == ["stgrl-train"], f"{source}: one apply must hold exactly one RayJob, has {list(jobs)}"
+    spec = jobs["stgrl-train"]["spec"]
     cluster = one("RayCluster", K8S / "raycluster.yaml")
-    for spec in (sft, rl):
-        assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
-    assert sft["entrypoint"].startswith("stgrl sft --config "), sft["entrypoint"]
-    assert rl["entrypoint"].startswith("stgrl rl --config "), rl["entrypoint"]
-    # Same config and run directory (on the PVC) for both stages; RL starts from SFT's HF checkpoint
-    # (`stgrl sft` writes <run-dir>/sft/hf).
-    assert flag(sft["entrypoint"], "--config") == flag(rl["entrypoint"], "--config")
-    assert re.fullmatch(r"/data/configs/[\w.-]+\.yaml", flag(sft["entrypoint"], "--config"))
-    run_dir = flag(sft["entrypoint"], "--run-dir")
-    assert run_dir.startswith("/data/") and flag(rl["entrypoint"], "--run-dir") == run_dir
-    assert flag(rl["entrypoint"], "--init-from") == f"{run_dir}/sft/hf"
+    assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    entry = spec["entrypoint"]
+    assert entry.startswith("stgrl train --config "), entry
+    assert not re.search(r"&&|;|\|\|", entry), "KubeRay's submitter runs the entrypoint in its own shell"
+    assert re.fullmatch(r"/data/configs/[\w.-]+\.yaml", flag(entry, "--config"))
+    assert flag(entry, "--run-dir").startswith("/data/")
+    _, cfg = job_config(entry)
+    if cfg is not None:
+        assert cfg.rollout.elastic, f"{source}: rollout.elastic must be on in the KubeRay config"
+    else:
+        assert "rollout.elastic=true" in shlex.split(entry), source
 
 
 RAY_JOBS = [(label, doc) for label, doc in RAY_MANIFESTS if doc["kind"] == "RayJob"]
@@ -615,20 +619,20 @@ def capacity(group: dict, pool: str, replicas_key: str = "replicas") -> float:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_fits_its_config(overlay):
-    """The pools of an overlay hold the actors its config asks for: RL at the applied replica counts,
-    SFT (learner ranks only) at most at maxReplicas (README scales the learner pool up for SFT)."""
+    """The pools of an overlay hold the actors its config asks for at the applied replica counts: RL,
+    and SFT (learner ranks only), which runs first in the same RayJob on the same pools."""
     docs = rendered(overlay)
     (cluster,) = by_kind("RayCluster", docs)
     groups = groups_of(cluster["spec"])
     jobs = {j["metadata"]["name"]: j["spec"]["entrypoint"] for j in by_kind("RayJob", docs)}
-    path, rl = job_config(jobs["stgrl-rl"])
+    path, rl = job_config(jobs["stgrl-train"])
     assert rl is not None, f"{overlay} runs {path.name}, which configs/ lacks"
-    _, sft = job_config(jobs["stgrl-sft"])
+    sft = rl  # one job: SFT runs on the same pools, at the same replica counts, before RL
     rollout, learner, reward = (groups[POOLS[p]] for p in ("rollout", "learner", "reward"))
     assert capacity(rollout, "rollout") >= rl.rollout.num_workers, (overlay, rl.rollout.num_workers)
     assert capacity(reward, "reward") >= rl.reward.num_shards, (overlay, rl.reward.num_shards)
     assert capacity(learner, "learner") >= rl.learner.num_ranks, (overlay, rl.learner.num_ranks)
-    assert capacity(learner, "learner", "maxReplicas") >= sft.sft.num_ranks, (overlay, sft.sft.num_ranks)
+    assert capacity(learner, "learner") >= sft.sft.num_ranks, (overlay, sft.sft.num_ranks)
     gpus_per_engine = rl.rollout.num_gpus_per_worker
     assert offered(rollout)["rollout"] * gpus_per_engine <= gpu_limit(rollout), "rollout GPUs per pod"
     if gpu_limit(rollout) == 0:
@@ -657,8 +661,14 @@ def test_standalone_job_cleans_up():
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] >= 1
     assert "clusterSelector" not in spec
-    rl = one("RayJob", K8S / "rayjob-rl.yaml")["spec"]
-    assert spec["entrypoint"] == rl["entrypoint"], "standalone RL runs the same command as rayjob-rl.yaml"
+    train = one("RayJob", K8S / "rayjob-train.yaml")["spec"]["entrypoint"]
+    rl = spec["entrypoint"]
+    assert rl.startswith("stgrl rl --config "), rl
+    for name in ("--config", "--run-dir"):
+        assert flag(rl, name) == flag(train, name), f"standalone RL and rayjob-train.yaml differ in {name}"
+    assert flag(rl, "--init-from") == f"{flag(train, '--run-dir')}/sft/hf", "RL starts from train's SFT output"
+    overrides = lambda e: [a for a in shlex.split(e) if "=" in a and not a.startswith("-")]  # noqa: E731
+    assert overrides(rl) == overrides(train), "standalone RL runs with the train job's overrides"
 
 
 # --------------------------------------------------------------------------- PVC, PodMonitor
@@ -851,7 +861,7 @@ def test_kustomizations_cover_the_manifests():
         assert {Path(r).name for r in overlay["resources"]} == listed, name
         assert all((K8S / "overlays" / name / r).resolve().parent == K8S for r in overlay["resources"])
     stages = {doc["metadata"]["labels"].get("stgrl.io/stage") for p in listed for doc in load_docs(K8S / p)}
-    assert stages == {"infra", "monitoring", "sft", "rl"}, stages
+    assert stages == {"infra", "monitoring", "train"}, stages
 
 
 def test_json6902_patch_test_op_guards_group_order():
@@ -900,11 +910,8 @@ def test_readme_commands_match_the_manifests():
     text = (K8S / "README.md").read_text()
     cluster = one("RayCluster", K8S / "raycluster.yaml")
     name = cluster["metadata"]["name"]
-    sft = one("RayJob", K8S / "rayjob-sft.yaml")["metadata"]["name"]
-    rl = one("RayJob", K8S / "rayjob-rl.yaml")["metadata"]["name"]
-    assert f"kubectl wait --for=jsonpath='{{.status.jobStatus}}'=SUCCEEDED rayjob/{sft}" in text
-    assert f"kubectl wait --for=jsonpath='{{.status.jobStatus}}'=SUCCEEDED rayjob/{rl}" in text
-    assert text.index(f"rayjob/{sft}") < text.index("stgrl.io/stage=rl"), "RL is applied after SFT succeeded"
+    train = one("RayJob", K8S / "rayjob-train.yaml")["metadata"]["name"]
+    assert f"kubectl wait --for=jsonpath='{{.status.jobStatus}}'=SUCCEEDED rayjob/{train}" in text
     assert f"kubectl create secret generic {cluster['spec']['authOptions']['secretName']} " in text
     assert f"svc/{name}-head-svc 8265:8265" in text
     groups = groups_of(cluster["spec"])
