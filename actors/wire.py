@@ -269,6 +269,8 @@ def decode(
         env = _decoder(expected_type).decode(header_buf)
     except (msgspec.DecodeError, ValueError) as err:  # ValueError: e.g. invalid UTF-8 in a str (fuzz-found)
         raise WireError(f"bad header (expected {_type_name(expected_type)}): {err}") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack, e.g. under an ignored field
+        raise WireError(f"bad header (expected {_type_name(expected_type)}): nested too deeply") from None
     if len(env.tensors) > max_tensors:
         raise WireError(f"{len(env.tensors)} tensors exceed the limit of {max_tensors}", env.body)
     if len(frames) != 1 + len(env.tensors):
