@@ -83,6 +83,7 @@ class RLDriver:
         # worker index -> pending ping: died (restarting or gone) or just started (not yet placed/loaded)
         self._suspect: dict[int, Any] = {}
         self._removed: set[int] = set()
+        self._unavailable_since: dict[int, float] = {}  # worker -> first ActorUnavailableError of its ping
         self._last_scale = 0.0
         self.learners: Any = None
         self.reward_handles: list[Any] = []
@@ -154,7 +155,7 @@ class RLDriver:
         """A new or died worker (re)joins the pool once it answers a ping (placed and loaded, or
         restarted by Ray); a permanently dead one is removed from the pool (its node left)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         for i, ref in list(self._suspect.items()):
             ready, _ = ray.wait([ref], timeout=0)
@@ -163,8 +164,21 @@ class RLDriver:
             del self._suspect[i]
             try:
                 ray.get(ref)
+                self._unavailable_since.pop(i, None)
                 log.info("rollout worker %d joined the pool", i)
+            except ActorUnavailableError as e:
+                # "The actor was restarted" / temporarily unreachable: Ray is bringing it back. Ping
+                # again (bounded: a worker unreachable for 10 transport timeouts is dropped).
+                since = self._unavailable_since.setdefault(i, time.monotonic())
+                if time.monotonic() - since > self.cfg.transport.timeout_s * 10:
+                    self._removed.add(i)
+                    log.warning("rollout worker %d unreachable for %.0fs (%s); removed from the pool", i,
+                                time.monotonic() - since, e)
+                else:
+                    log.info("rollout worker %d is restarting; pinging it again", i)
+                    self._suspect[i] = self.workers[i].version.remote()
             except RayActorError:
+                self._unavailable_since.pop(i, None)
                 self._removed.add(i)
                 log.warning("rollout worker %d is gone for good; removed from the pool", i)
 
