@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Generic, TypeVar, Union
+from typing import Annotated, Any, Generic, TypeVar, Union
 
 import msgspec
 import torch
@@ -183,7 +183,7 @@ class WeightBucket(_Msg, tag="weight_bucket"):
 class VersionReport(_Msg, tag="version_report"):
     """A subscriber tells the publisher which version it now runs."""
 
-    subscriber_id: str
+    subscriber_id: Annotated[str, msgspec.Meta(max_length=128)]
     version: int
 
 
