@@ -118,12 +118,10 @@ def tensor_from_frame(meta: TensorMeta, frame: Any, max_frame_bytes: int) -> tor
         raise FrameError(f"tensor {meta.name!r}: {len(meta.shape)} dimensions exceed the limit of {MAX_DIMS}")
     if any(d < 0 for d in meta.shape):
         raise FrameError(f"tensor {meta.name!r}: negative dimension in shape {meta.shape}")
-    # Each dimension on its own must fit the frame limit: a zero-byte tensor of shape
-    # [2**62, 2**62, 0] has nbytes 0 but overflows torch's storage-size arithmetic (fuzz-found).
-    if any(d > max_frame_bytes for d in meta.shape):
-        raise FrameError(f"tensor {meta.name!r}: dimension above {max_frame_bytes} in shape {meta.shape}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     expected = math.prod(meta.shape) * itemsize
+    # The product of the non-zero dimensions must fit the limit too: a zero-byte tensor of shape
+    # [2**62, 2**62, 0] has nbytes 0 but overflows torch's storage-size arithmetic.
     if math.prod(d for d in meta.shape if d) * itemsize > max_frame_bytes:
         raise FrameError(f"tensor {meta.name!r}: shape {meta.shape} of {meta.dtype} exceeds the limit of "
                          f"{max_frame_bytes} bytes")
