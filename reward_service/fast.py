@@ -36,8 +36,8 @@ from stgrl.reward_service.components import (
     truth_span,
 )
 from stgrl.reward_service.config import RewardConfig
-from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes
 from stgrl.reward_service.geometry import ENUMERATION_LIMIT, box_iou, clamp_box, interval_iou, match_score
+from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes
 from stgrl.reward_service.parser import (
     _BOX_TAG,
     _MISSING,
