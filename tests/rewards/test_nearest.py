@@ -52,23 +52,30 @@ def _ground_truth_and_completion(n_frames: int, n_claims: int):
 
 
 def test_many_key_frames_times_many_claims_scores_in_n_log_n():
-    """620 KB of key frames x claims took 8.3 s (quadratic). Doubling both sizes must now cost about
-    twice as much, not four times, and the fast path and the plain components still agree."""
+    """620 KB of key frames x claims took 8.3 s (quadratic). Four times the key frames and claims must
+    cost far less than the 16x of a quadratic scorer (n log n: ~5x), on the fast path and the plain
+    reference alike, and both still agree. Best of two runs, against a shared machine's noise."""
     from stgrl.reward_service.config import RewardConfig
     from stgrl.reward_service.rewards import score_components, score_components_reference
 
-    cost: dict[tuple[str, int], float] = {}
+    def best_of_two(fn, *args) -> float:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
     for scope in ("claims", "all"):
         cfg = RewardConfig(proximity_scope=scope)
-        for n in (2000, 4000):
+        cost: dict[tuple[str, int], float] = {}
+        for n in (1500, 6000):
             sample = _ground_truth_and_completion(n, n)
-            t0 = time.perf_counter()
             fast = score_components(sample, 0, 10, cfg)
-            t1 = time.perf_counter()
             assert fast == score_components_reference(sample, 0, 10, cfg)
-            cost[("fast", n)] = t1 - t0
-            cost[("reference", n)] = time.perf_counter() - t1
             assert 0.0 < fast["temporal_proximity"] <= 1.0 and 0.0 < fast["spatial_gated"] <= 1.0
-        for path in ("fast", "reference"):  # quadratic would be ~4x; n log n about 2x
-            assert cost[(path, 4000)] < 3.2 * cost[(path, 2000)] + 0.05, cost
-            assert cost[(path, 4000)] < 5.0, cost
+            cost[("fast", n)] = best_of_two(score_components, sample, 0, 10, cfg)
+            cost[("reference", n)] = best_of_two(score_components_reference, sample, 0, 10, cfg)
+        for path in ("fast", "reference"):
+            assert cost[(path, 6000)] < 9 * cost[(path, 1500)] + 0.1, (scope, cost)
+            assert cost[(path, 6000)] < 5.0, (scope, cost)
