@@ -95,6 +95,9 @@ class RLDriver:
         self._requeued: dict[int, list[str]] = defaultdict(list)
         self._skipped: dict[int, list[str]] = defaultdict(list)
         self._assigned: dict[int, list[Any]] = {}
+        self._expected: dict[int, set[str]] = {}  # step -> group ids it was dispatched; others are dropped
+        self.unexpected_groups = 0
+        """Groups that arrived for no dispatched prompt (a stranger, or a re-send after its step ended)."""
         self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
         self._worker_busy_s: float = 0.0
         self._step = 0  # the step in progress, for errors
@@ -224,6 +227,7 @@ class RLDriver:
 
         records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
         self._assigned[step] = records
+        self._expect(step, records)
         self._scale_pool()
         live = self.live_workers()
         if not live:
@@ -232,6 +236,10 @@ class RLDriver:
         for w, chunk in zip(live, even_split(records, len(live))):
             if chunk:
                 self._inflight[step].append(self._submit(step, w, chunk))
+
+    def _expect(self, step: int, records: list[Any]) -> None:
+        """From now on, groups of ``records`` for ``step`` are accepted by `_drain`."""
+        self._expected[step] = {group_id(step, prompt_id(r)) for r in records}
 
     def _min_version(self, step: int) -> int:
         """Oldest policy version allowed to generate `step` (the async staleness bound; sync: `step`)."""
@@ -254,6 +262,14 @@ class RLDriver:
             except TransportTimeout:
                 if time.monotonic() >= deadline:
                     return
+                continue
+            if group.group_id not in self._expected.get(group.step, ()):
+                # Only groups of dispatched prompts are held: anything else (a forged group on the
+                # port, a late re-send of a finished step) would otherwise stay in memory for good.
+                self.unexpected_groups += 1
+                log.log(logging.WARNING if self.unexpected_groups <= 10 else logging.DEBUG,
+                        "dropped trajectory group %r (step %d): no such prompt is in flight (%d dropped)",
+                        group.group_id[:80], group.step, self.unexpected_groups)
                 continue
             bucket = self._buffer[group.step]
             if group.group_id in bucket:
@@ -407,6 +423,7 @@ class RLDriver:
                               duplicates_dropped=self._dupes.pop(step, 0))
             self.ledger.record(entry)
             self._buffer.pop(step, None)
+            self._expected.pop(step, None)
             self._inflight.pop(step, None)
             n_tokens = sum(len(c.token_ids) for g, _ in groups for c in g.completions)
             gen_s = max((g.timings.get("generate_s", 0.0) for g, _ in groups), default=0.0)

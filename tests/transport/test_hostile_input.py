@@ -266,3 +266,35 @@ def test_fuzzed_weight_requests_only_get_our_replies_and_the_publisher_keeps_ser
     finally:
         raw.close(0)
         pub.close()
+
+
+def test_the_driver_holds_only_groups_of_prompts_it_dispatched(tx, tmp_path):
+    """#12: well-formed groups for made-up steps or ids (or a late re-send after a step ended) were
+    kept in the driver's buffer for good: 9 x 150 MB over 3 connections took it from 716 MB to 2 GB.
+    Now only groups of dispatched prompts are held; the rest are counted and dropped."""
+    from types import SimpleNamespace
+
+    from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.rl_loop import RLDriver
+
+    cfg = tx.small_cfg(curve="off", max_frame_mib=8)
+    driver = RLDriver(load_config(None), tmp_path / "run", "unused", [], tmp_path)
+    driver.receiver = TrajectoryReceiver(cfg, None, auto_commit=True)
+    senders = [TrajectorySender(driver.receiver.address, cfg) for _ in range(3)]
+    try:
+        driver._expect(0, [SimpleNamespace(id="p1")])
+        big = {"pixel_values": torch.zeros(4 << 20, dtype=torch.uint8)}
+        for i, sender in enumerate(senders):
+            for j in range(3):
+                sender.send(tx.make_group(100 + 3 * i + j, step=7 + j), big)  # steps never dispatched
+        senders[0].send(tx.make_group(55, step=0), big)  # dispatched step, prompt it never got
+        senders[1].send(tx.make_group(1, step=0), tx.make_tensors(1))  # the one expected group
+        deadline = time.monotonic() + 20
+        while driver.unexpected_groups < 10 and time.monotonic() < deadline:
+            driver._drain(0.2)
+        assert {s: list(b) for s, b in driver._buffer.items() if b} == {0: ["0/p1"]}
+        assert driver.unexpected_groups == 10
+    finally:
+        for sender in senders:
+            sender.close()
+        driver.receiver.close()
