@@ -24,6 +24,11 @@ from stgrl.reward_service.types import TASKS, KeyFrame, ScoringSample
 
 log = logging.getLogger(__name__)
 
+QUEUED_PER_CONNECTION = 16
+"""Requests libzmq queues per client connection before it stops reading from it: with
+`wire.MAX_MESSAGE_BYTES` that bounds a connection's queued bytes to 1 GiB (the client keeps at most
+``max_in_flight_per_shard`` = 2 requests in flight per shard, so it never gets near)."""
+
 
 def warm_up_samples() -> list[ScoringSample]:
     """One small well-formed sample per task (free-form and multiple-choice answers)."""
@@ -78,7 +83,8 @@ class ShardServer:
         ctx = zmq.Context()
         curve = CurveServer(ctx, self._keys) if self._keys is not None else None
         try:
-            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve)
+            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve,
+                                                high_water_mark=QUEUED_PER_CONNECTION)
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()
