@@ -166,3 +166,39 @@ def test_fuzzed_requests_only_get_our_replies_and_the_shard_keeps_serving(shard,
     assert srv._thread.is_alive()
     _good(sock, samples)
     assert srv.stats.snapshot()["handler_errors"] == 0  # every case was one we handle by name
+
+
+def test_a_malformed_reply_is_retried_on_another_shard(samples_of):
+    """The client decoded replies unguarded: a peer answering with garbage raised msgspec's own
+    DecodeError out of `score`. Now that shard counts as failed and the batch goes elsewhere."""
+    import threading
+
+    from stgrl.reward_service.client import RewardClient
+    from stgrl.reward_service.rewards import score_batch
+
+    ctx = zmq.Context()
+    liar, liar_address = create_socket(ctx, zmq.ROUTER, bind_host="127.0.0.1")
+    stop = threading.Event()
+
+    def lie() -> None:
+        while not stop.is_set():
+            if liar.poll(50):
+                peer, _kind, rid, _body = liar.recv_multipart()
+                liar.send_multipart([peer, wire.STATUS_OK, rid, b"\xc1not msgpack"])
+
+    thread = threading.Thread(target=lie, daemon=True)
+    thread.start()
+    honest = ShardServer(1, CFG)
+    honest.start()
+    samples = samples_of(20)
+    try:
+        with RewardClient([liar_address, honest.address], CFG, max_attempts=6) as client:
+            got = client.score(samples, step=0, total_steps=1)
+            assert client.retries >= 1
+        assert got == score_batch(samples, 0, 1, CFG)
+    finally:
+        stop.set()
+        thread.join(5)
+        liar.close(0)
+        ctx.term()
+        honest.stop()
