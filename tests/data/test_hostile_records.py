@@ -149,3 +149,12 @@ def test_a_prompt_over_the_token_bound_is_a_counted_skip(datasets, processor):
     with pytest.raises(PromptTooLong, match=r"prompt of \d+ tokens exceeds data.max_prompt_tokens \(1000\)"):
         prepare_prompt(rec, processor, tight, src)
     assert issubclass(PromptTooLong, MediaError)
+
+
+def test_data_check_refuses_media_outside_unless_allowed(dataset):
+    from stgrl.orchestration.cli import main
+
+    root, _ = dataset
+    path = _write(root / "train.jsonl", [_rec("dotdot", "../outside/x.mp4")])
+    assert main(["data", "check", str(path)]) == 1  # nothing kept
+    assert main(["data", "check", str(path), "--allow-media-outside-root"]) == 0
