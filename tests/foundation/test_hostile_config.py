@@ -56,7 +56,8 @@ def test_curve_off_in_a_config_file_is_the_string_off(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "key"), [
-    ("run.seed=1e26", "run.seed"),               # failed 25 s later inside an actor
+    ("run.seed=1e26", "run.seed"),
+    ("run.seed=100000000000000000000000000", "run.seed"),  # failed 25 s later inside an actor
     ("run.seed=-1", "run.seed"),
     ("run.seed=4294967296", "run.seed"),         # NumPy takes seeds below 2**32
     ("transport.heartbeat_s=1e300", "transport.heartbeat_s"),  # OverflowError at socket creation
