@@ -170,6 +170,10 @@ class RLDriver:
                 self._unavailable_since.pop(i, None)
                 log.info("rollout worker %d joined the pool", i)
             except ActorUnavailableError as e:
+                if self.cfg.rollout.elastic:  # no restarts in an elastic pool: its node is gone
+                    self._removed.add(i)
+                    log.warning("rollout worker %d is unreachable (%s); removed from the pool", i, e)
+                    continue
                 # "The actor was restarted" / temporarily unreachable: Ray is bringing it back. Ping
                 # again (bounded: a worker unreachable for 10 transport timeouts is dropped).
                 since = self._unavailable_since.setdefault(i, time.monotonic())
