@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 PosFloat = Annotated[float, Meta(gt=0.0)]
+Seconds = Annotated[float, Meta(gt=0.0, le=7 * 86400.0)]
+"""A wait: ZeroMQ takes milliseconds as a C int/long, so 1e300 s overflowed at socket creation."""
 
 
 class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -19,12 +21,12 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     weight_bucket_mib: Annotated[int, Meta(ge=1, le=65536)] = 256
     max_frame_mib: Annotated[int, Meta(ge=1, le=65536)] = 1024
     """Frames above this size are rejected on receipt."""
-    high_water_mark: Annotated[int, Meta(ge=1)] = 64
-    timeout_s: PosFloat = 60.0
+    high_water_mark: Annotated[int, Meta(ge=1, le=1_000_000)] = 64
+    timeout_s: Seconds = 60.0
     """Every cross-actor wait gives up after this long with an error naming the peer."""
-    resend_after_s: PosFloat = 5.0
+    resend_after_s: Seconds = 5.0
     """A trajectory group not acknowledged after this long is sent again (at-least-once)."""
-    dedup_window: Annotated[int, Meta(ge=1)] = 1_000_000
+    dedup_window: Annotated[int, Meta(ge=1, le=100_000_000)] = 1_000_000
     """How many delivered group ids a receiver remembers to drop duplicates."""
     max_tensors: Annotated[int, Meta(ge=0, le=4096)] = 256
     """Most tensor frames one message may carry; more is rejected before any frame is read."""
@@ -32,8 +34,9 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Weight buckets requested ahead (in flight); each costs one bucket of transient memory."""
     weight_shm: bool = True
     """Publisher keeps its snapshot in /dev/shm; subscribers on the same host copy from it instead of TCP."""
-    heartbeat_s: PosFloat = 2.0
-    """ZeroMQ heartbeat interval; a peer silent for 3 intervals is dropped and reconnected."""
+    heartbeat_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 2.0
+    """ZeroMQ heartbeat interval; a peer silent for 3 intervals is dropped and reconnected. ZeroMQ takes
+    it in whole milliseconds as a C int (hence the bounds: 0 ms would turn heartbeats off)."""
 
     @property
     def bucket_bytes(self) -> int:

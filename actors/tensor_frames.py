@@ -59,6 +59,9 @@ DTYPES: dict[str, torch.dtype] = {
 
 _NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
+MAX_DIMS = 16
+"""Most dimensions a received tensor may have (our largest has 4)."""
+
 
 class FrameStats:
     """Process-wide counters: how many received tensors aliased their frame and how many were copied."""
@@ -111,10 +114,17 @@ def tensor_from_frame(meta: TensorMeta, frame: Any, max_frame_bytes: int) -> tor
     dtype = DTYPES.get(meta.dtype)
     if dtype is None:
         raise FrameError(f"tensor {meta.name!r}: unknown dtype {meta.dtype!r} (allowed: {sorted(DTYPES)})")
+    if len(meta.shape) > MAX_DIMS:
+        raise FrameError(f"tensor {meta.name!r}: {len(meta.shape)} dimensions exceed the limit of {MAX_DIMS}")
     if any(d < 0 for d in meta.shape):
         raise FrameError(f"tensor {meta.name!r}: negative dimension in shape {meta.shape}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     expected = math.prod(meta.shape) * itemsize
+    # The product of the non-zero dimensions must fit the limit too: a zero-byte tensor of shape
+    # [2**62, 2**62, 0] has nbytes 0 but overflows torch's storage-size arithmetic.
+    if math.prod(d for d in meta.shape if d) * itemsize > max_frame_bytes:
+        raise FrameError(f"tensor {meta.name!r}: shape {meta.shape} of {meta.dtype} exceeds the limit of "
+                         f"{max_frame_bytes} bytes")
     if meta.nbytes != expected:
         raise FrameError(f"tensor {meta.name!r}: header says {meta.nbytes} bytes but shape {meta.shape} "
                          f"of {meta.dtype} needs {expected}")

@@ -235,11 +235,11 @@ class TrajectoryReceiver:
             group, tensors = decode(frames, TrajectoryGroup, max_frame_bytes=self.cfg.max_frame_bytes,
                                     max_tensors=self.cfg.max_tensors)
         except WireError as err:
-            self.stats.rejected += 1
-            self.stats.rejections = (self.stats.rejections + [str(err)])[-16:]
-            ids = [err.body.group_id] if isinstance(err.body, TrajectoryGroup) else []
-            log.warning("rejected message on %s: %s", self.address, err)
-            self._reply(identity, Reject(str(err), ids))
+            self._reject(identity, str(err), [err.body.group_id] if isinstance(err.body, TrajectoryGroup) else [])
+            return None
+        except Exception as err:  # a bug or a case `decode` missed must not end the consumer: report it
+            log.exception("unexpected error decoding a message on %s", self.address)
+            self._reject(identity, f"internal error decoding the message: {type(err).__name__}", [])
             return None
         gid = group.group_id
         if gid in self._committed:
@@ -255,6 +255,12 @@ class TrajectoryReceiver:
         if self.auto_commit:
             self.commit((gid,))
         return group, tensors
+
+    def _reject(self, identity: bytes, reason: str, ids: list[str]) -> None:
+        self.stats.rejected += 1
+        self.stats.rejections = (self.stats.rejections + [reason])[-16:]
+        log.warning("rejected message on %s: %s", self.address, reason)
+        self._reply(identity, Reject(reason, ids))
 
     def _remember(self, ids: Iterable[str]) -> None:
         for gid in ids:

@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -72,6 +73,9 @@ _HASH_STEP = 1 << 20
 CHUNK_BYTES = 8 << 20
 """A bucket travels as frames of at most this size: libzmq allocates one buffer per frame, and
 glibc reuses (warm) heap memory up to 32 MiB but maps fresh, page-faulting memory above."""
+MAX_REPORTED_SUBSCRIBERS = 4096
+"""Subscribers whose reported version the publisher remembers (the most recent ones); 20k made-up
+ids once cost it 700 MB."""
 _REQUESTS = ManifestRequest | BucketRequest | VersionReport
 _REPLIES = WeightManifest | WeightBucket | NoVersion | Reject
 _ENC = msgspec.msgpack.Encoder()
@@ -176,7 +180,7 @@ class WeightPublisher:
         self._lock = threading.Lock()
         self._latest: tuple[WeightManifest, torch.Tensor, list[tuple[int, int]]] | None = None
         self._latest_version: int | None = None
-        self._reports: dict[str, int] = {}
+        self._reports: OrderedDict[str, int] = OrderedDict()  # most recently reporting last
         self._shm: ShmSnapshot | None = None
         self._host = host_id()
         if cfg.weight_shm:
@@ -294,6 +298,9 @@ class WeightPublisher:
         if isinstance(req, VersionReport):
             with self._lock:
                 self._reports[req.subscriber_id] = req.version
+                self._reports.move_to_end(req.subscriber_id)
+                while len(self._reports) > MAX_REPORTED_SUBSCRIBERS:  # a flood of ids must not grow memory
+                    self._reports.popitem(last=False)
             return
         with self._lock:
             latest = self._latest

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Generic, TypeVar, Union, get_type_hints
+from typing import Annotated, Any, Generic, TypeVar, Union, get_type_hints
 
 import msgspec
 import torch
@@ -184,7 +184,7 @@ class WeightBucket(_Msg, tag="weight_bucket"):
 class VersionReport(_Msg, tag="version_report"):
     """A subscriber tells the publisher which version it now runs."""
 
-    subscriber_id: str
+    subscriber_id: Annotated[str, msgspec.Meta(max_length=128)]
     version: int
 
 
@@ -271,6 +271,8 @@ def decode(
     except (msgspec.DecodeError, ValueError):  # ValueError: e.g. invalid UTF-8 in a str (fuzz-found)
         raise WireError(f"bad header (expected {_type_name(expected_type)}): "
                         f"{_explain_header(header_buf, expected_type)}") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack, e.g. under an ignored field
+        raise WireError(f"bad header (expected {_type_name(expected_type)}): nested too deeply") from None
     if len(env.tensors) > max_tensors:
         raise WireError(f"{len(env.tensors)} tensors exceed the limit of {max_tensors}", env.body)
     if len(frames) != 1 + len(env.tensors):
@@ -289,7 +291,15 @@ def decode(
 
 def _explain_header(header: memoryview, expected_type: Any) -> str:
     """Our words for a header the typed decoder refused: not msgpack, not ``[body, tensors]``, an
-    unknown kind, a kind this socket does not take, or the field at fault."""
+    unknown kind, a kind this socket does not take, or the field at fault. Never raises: whatever
+    cannot be explained is "malformed"."""
+    try:
+        return _explain_header_unchecked(header, expected_type)
+    except Exception:  # noqa: BLE001 - an explanation must not become a second failure (fuzz input)
+        return "malformed header"
+
+
+def _explain_header_unchecked(header: memoryview, expected_type: Any) -> str:
     try:
         raw = msgspec.msgpack.decode(header)
     except (msgspec.DecodeError, ValueError, RecursionError):

@@ -8,7 +8,8 @@ from msgspec import Meta, Struct
 
 PosFloat = Annotated[float, Meta(gt=0.0)]
 NonNegFloat = Annotated[float, Meta(ge=0.0)]
-PosInt = Annotated[int, Meta(ge=1)]
+PosInt = Annotated[int, Meta(ge=1, le=10**6)]
+Steps = Annotated[int, Meta(ge=0, le=10**9)]
 
 
 class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -18,7 +19,7 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     zero_stage: Literal[2, 3] = 2
     precision: Literal["fp32", "bf16"] = "fp32"
     lr: Annotated[float, Meta(gt=0.0, le=1.0)] = 2e-4
-    warmup_steps: Annotated[int, Meta(ge=0)] = 2
+    warmup_steps: Steps = 2
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat = 1.0
     num_minibatches: PosInt = 4
@@ -30,26 +31,26 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     kl_beta: NonNegFloat = 0.0
     is_cap: Annotated[float, Meta(ge=1.0)] = 2.0
     """Truncation C of the sequence-level importance weight for stale / engine-mismatched samples."""
-    checkpoint_every: Annotated[int, Meta(ge=0)] = 0
+    checkpoint_every: Steps = 0
     """Save a checkpoint every N steps (0: only at the end)."""
-    reduce_bucket_size: Annotated[int, Meta(ge=1)] = 5_000_000
-    total_steps: Annotated[int, Meta(ge=0)] = 0
+    reduce_bucket_size: Annotated[int, Meta(ge=1, le=2**40)] = 5_000_000
+    total_steps: Steps = 0
     """Optimizer steps the cosine decay spans (RL: batches x num_minibatches); 0: constant after warmup."""
     min_lr_ratio: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
     """Cosine floor as a fraction of `lr`."""
     use_is_weights: bool = True
     """Weight each sequence by the truncated IS weight min(exp(mean(old - behaviour)), is_cap)."""
-    num_gpus_per_rank: Annotated[float, Meta(ge=0.0)] = 0.0
+    num_gpus_per_rank: Annotated[float, Meta(ge=0.0, le=64.0)] = 0.0
     """GPUs each learner rank asks Ray for (0: CPU ranks with DS_ACCELERATOR=cpu and gloo)."""
 
 
 class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Cold-start SFT: same engine code as the learner, loss on target tokens only."""
 
-    steps: Annotated[int, Meta(ge=0)] = 300
+    steps: Steps = 300
     batch_size: PosInt = 8
     lr: Annotated[float, Meta(gt=0.0, le=1.0)] = 2e-3
-    warmup_steps: Annotated[int, Meta(ge=0)] = 20
-    eval_every: Annotated[int, Meta(ge=0)] = 100
-    eval_samples: Annotated[int, Meta(ge=1)] = 64
+    warmup_steps: Steps = 20
+    eval_every: Steps = 100
+    eval_samples: PosInt = 64
     num_ranks: Annotated[int, Meta(ge=1, le=1024)] = 1

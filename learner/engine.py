@@ -23,6 +23,7 @@ from torch import Tensor
 from stgrl.learner import checkpoint as ckpt
 from stgrl.learner.config import LearnerConfig
 from stgrl.learner.ds_config import build_ds_config
+from stgrl.learner.rendezvous import bound_store
 from stgrl.learner.schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ def init_distributed(world: WorldInfo) -> None:
     cpu = on_cpu()
     if cpu:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", auto_mpi_discovery=False,
+    backend = "gloo" if cpu else "nccl"
+    # Our own store, bound to the master address only (torch's env:// store listens on every
+    # interface, without auth): see `stgrl.learner.rendezvous`. DeepSpeed then finds torch.distributed
+    # initialised and uses it.
+    store = bound_store(world.master_addr, world.master_port, world.rank, world.world_size)
+    torch.distributed.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                rank=world.rank, world_size=world.world_size)
 
 

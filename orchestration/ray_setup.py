@@ -74,8 +74,13 @@ def init_ray(cfg: Config) -> bool:
 
 def local_init_kwargs(cfg: Config) -> dict[str, Any]:
     """`ray.init` arguments of a local cluster: node address and dashboard host 127.0.0.1, no dashboard
-    HTTP server. Token auth stays at Ray's default (on); nothing here turns it off."""
+    HTTP server. Token auth stays at Ray's default (on); nothing here turns it off.
+
+    ``address="local"``: always a new cluster. Without it Ray follows a ``ray_current_cluster`` file
+    in its temp dir, which a killed run leaves behind, and then refuses ``num_cpus``/``resources``
+    ("When connecting to an existing cluster, num_cpus and num_gpus must not be provided")."""
     return {
+        "address": "local",
         "num_cpus": max(8, os.cpu_count() or 2),
         "resources": local_resources(cfg),
         "_node_ip_address": "127.0.0.1",

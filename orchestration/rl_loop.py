@@ -83,6 +83,7 @@ class RLDriver:
         # worker index -> pending ping: died (restarting or gone) or just started (not yet placed/loaded)
         self._suspect: dict[int, Any] = {}
         self._removed: set[int] = set()
+        self._unavailable_since: dict[int, float] = {}  # worker -> first ActorUnavailableError of its ping
         self._last_scale = 0.0
         self.learners: Any = None
         self.reward_handles: list[Any] = []
@@ -94,6 +95,9 @@ class RLDriver:
         self._requeued: dict[int, list[str]] = defaultdict(list)
         self._skipped: dict[int, list[str]] = defaultdict(list)
         self._assigned: dict[int, list[Any]] = {}
+        self._expected: dict[int, set[str]] = {}  # step -> group ids it was dispatched; others are dropped
+        self.unexpected_groups = 0
+        """Groups that arrived for no dispatched prompt (a stranger, or a re-send after its step ended)."""
         self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
         self._worker_busy_s: float = 0.0
         self._step = 0  # the step in progress, for errors
@@ -154,7 +158,7 @@ class RLDriver:
         """A new or died worker (re)joins the pool once it answers a ping (placed and loaded, or
         restarted by Ray); a permanently dead one is removed from the pool (its node left)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         for i, ref in list(self._suspect.items()):
             ready, _ = ray.wait([ref], timeout=0)
@@ -163,8 +167,25 @@ class RLDriver:
             del self._suspect[i]
             try:
                 ray.get(ref)
+                self._unavailable_since.pop(i, None)
                 log.info("rollout worker %d joined the pool", i)
+            except ActorUnavailableError as e:
+                if self.cfg.rollout.elastic:  # no restarts in an elastic pool: its node is gone
+                    self._removed.add(i)
+                    log.warning("rollout worker %d is unreachable (%s); removed from the pool", i, e)
+                    continue
+                # "The actor was restarted" / temporarily unreachable: Ray is bringing it back. Ping
+                # again (bounded: a worker unreachable for 10 transport timeouts is dropped).
+                since = self._unavailable_since.setdefault(i, time.monotonic())
+                if time.monotonic() - since > self.cfg.transport.timeout_s * 10:
+                    self._removed.add(i)
+                    log.warning("rollout worker %d unreachable for %.0fs (%s); removed from the pool", i,
+                                time.monotonic() - since, e)
+                else:
+                    log.info("rollout worker %d is restarting; pinging it again", i)
+                    self._suspect[i] = self.workers[i].version.remote()
             except RayActorError:
+                self._unavailable_since.pop(i, None)
                 self._removed.add(i)
                 log.warning("rollout worker %d is gone for good; removed from the pool", i)
 
@@ -210,6 +231,7 @@ class RLDriver:
 
         records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
         self._assigned[step] = records
+        self._expect(step, records)
         self._scale_pool()
         live = self.live_workers()
         if not live:
@@ -218,6 +240,10 @@ class RLDriver:
         for w, chunk in zip(live, even_split(records, len(live))):
             if chunk:
                 self._inflight[step].append(self._submit(step, w, chunk))
+
+    def _expect(self, step: int, records: list[Any]) -> None:
+        """From now on, groups of ``records`` for ``step`` are accepted by `_drain`."""
+        self._expected[step] = {group_id(step, prompt_id(r)) for r in records}
 
     def _min_version(self, step: int) -> int:
         """Oldest policy version allowed to generate `step` (the async staleness bound; sync: `step`)."""
@@ -240,6 +266,14 @@ class RLDriver:
             except TransportTimeout:
                 if time.monotonic() >= deadline:
                     return
+                continue
+            if group.group_id not in self._expected.get(group.step, ()):
+                # Only groups of dispatched prompts are held: anything else (a forged group on the
+                # port, a late re-send of a finished step) would otherwise stay in memory for good.
+                self.unexpected_groups += 1
+                log.log(logging.WARNING if self.unexpected_groups <= 10 else logging.DEBUG,
+                        "dropped trajectory group %r (step %d): no such prompt is in flight (%d dropped)",
+                        group.group_id[:80], group.step, self.unexpected_groups)
                 continue
             bucket = self._buffer[group.step]
             if group.group_id in bucket:
@@ -393,6 +427,7 @@ class RLDriver:
                               duplicates_dropped=self._dupes.pop(step, 0))
             self.ledger.record(entry)
             self._buffer.pop(step, None)
+            self._expected.pop(step, None)
             self._inflight.pop(step, None)
             n_tokens = sum(len(c.token_ids) for g, _ in groups for c in g.completions)
             gen_s = max((g.timings.get("generate_s", 0.0) for g, _ in groups), default=0.0)

@@ -57,15 +57,16 @@ def check_model_path(cfg: Config, model_path: str) -> None:
                           f"model with `stgrl init-model --out {model_path}` or point model.path at a checkpoint")
 
 
-def load_split(path: str, what: str) -> tuple[list[Any], Path]:
-    """Read one JSONL split; bad lines and missing/corrupt media are logged, counted and skipped."""
+def load_split(path: str, what: str, allow_media_outside_root: bool = False) -> tuple[list[Any], Path]:
+    """Read one JSONL split; bad lines, missing/corrupt media and media paths leading outside the
+    split's folder (unless ``allow_media_outside_root``) are logged, counted and skipped."""
     from stgrl.rollout.data.reader import read_records
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data.{what} '{path}' does not exist; generate the synthetic data with "
                           f"`stgrl data synth --out {p.parent}` or point data.{what} at a JSONL file")
-    records, report = read_records(p)
+    records, report = read_records(p, allow_media_outside_root=allow_media_outside_root)
     if report.num_skipped:
         log.warning("%s: kept %d record(s), skipped %d %s", p, report.kept, report.num_skipped, dict(report.counts))
     if not records:

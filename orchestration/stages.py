@@ -41,8 +41,8 @@ def _sft(cfg: Config, rd: Path, display: ProgressDisplay | None) -> Path:
     t0 = time.time()
 
     check_model_path(cfg, cfg.model.path)
-    train, dataset_dir = load_split(cfg.data.train, "train")
-    evals, _ = load_split(cfg.data.eval, "eval")
+    train, dataset_dir = load_split(cfg.data.train, "train", cfg.data.allow_media_outside_root)
+    evals, _ = load_split(cfg.data.eval, "eval", cfg.data.allow_media_outside_root)
     init_ray(cfg)
     sink = make_sink(cfg, rd, "sft")
     driver = SFTDriver(cfg, rd, cfg.model.path, train, evals, dataset_dir)
@@ -76,7 +76,7 @@ def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool, display: Pro
 
     model_path = init_from or cfg.model.path
     check_model_path(cfg, model_path)
-    train, dataset_dir = load_split(cfg.data.train, "train")
+    train, dataset_dir = load_split(cfg.data.train, "train", cfg.data.allow_media_outside_root)
     if not resume:
         for stale in ("metrics.jsonl", "ledger.jsonl"):
             (rd / stale).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 
 from stgrl.actors.security import CurveKeys
@@ -34,6 +35,14 @@ from stgrl.reward_service.transport import create_socket
 from stgrl.reward_service.types import Score, ScoringSample
 
 log = logging.getLogger(__name__)
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a shard's error reply, or a description of a reply that does not decode."""
+    try:
+        return wire.error_decoder.decode(body).message
+    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+        return f"(undecodable error reply: {e})"
 
 
 class RewardServiceError(RuntimeError):
@@ -152,11 +161,20 @@ class RewardClient:
                     if batch is None:
                         continue  # a reply from an earlier call
                     if status != wire.STATUS_OK:
-                        raise RewardServiceError(f"shard rejected a request: {wire.error_decoder.decode(body).message}")
+                        raise RewardServiceError(f"shard rejected a request: {_error_message(body)}")
                     if done[batch]:
                         self.duplicate_replies += 1
                         continue
-                    reply = wire.reply_decoder.decode(body)
+                    try:
+                        reply = wire.reply_decoder.decode(body)
+                    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+                        # Our own shard never sends this; whoever did, the batch is retried elsewhere.
+                        link = self._by_sock.get(sock)
+                        if job_link is not None and link is not None:
+                            pending[rid] = job_link
+                            link.in_flight.add(rid)
+                            self._fail(link, pending, queue, time.monotonic(), f"sent a malformed reply ({e})")
+                        continue
                     for sc in reply.scores:
                         results.setdefault(sc.id, sc)
                     done[batch] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from stgrl.reward_service.geometry import clamp_box, interval_iou, match_score
+from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes
 from stgrl.reward_service.parser import (
     Claim,
     ParsedCompletion,
@@ -104,7 +105,12 @@ def curriculum_sigma(step: int, total_steps: int, sigma0: float, sigma_min: floa
     return max(sigma_min, sigma0 * (1.0 - p))
 
 
-def _nearest(t: float, key_frames: list[KeyFrame]) -> tuple[KeyFrame, float]:
+def _nearest(t: float, key_frames: list[KeyFrame], index: NearestTimes | None = None) -> tuple[KeyFrame, float]:
+    """The first key frame nearest to ``t`` and its distance; ``index`` (over the same key frames'
+    times) answers in O(log n) for callers that ask for many times."""
+    if index is not None:
+        k, d = index.nearest(t)
+        return key_frames[k], d
     best = key_frames[0]
     d = abs(t - best.time)
     for kf in key_frames[1:]:
@@ -114,11 +120,17 @@ def _nearest(t: float, key_frames: list[KeyFrame]) -> tuple[KeyFrame, float]:
     return best, d
 
 
-def proximity(t: float | None, key_frames: list[KeyFrame], sigma: float) -> float:
+def _index(key_frames: list[KeyFrame]) -> NearestTimes | None:
+    """An O(log n) nearest-time index when there are enough key frames to be worth one."""
+    return NearestTimes([kf.time for kf in key_frames]) if len(key_frames) >= SCAN_BELOW else None
+
+
+def proximity(t: float | None, key_frames: list[KeyFrame], sigma: float,
+              index: NearestTimes | None = None) -> float:
     """`exp(-d^2 / (2 sigma^2))`, `d` the distance to the nearest key frame; 0 for a malformed time."""
     if t is None or not key_frames:
         return 0.0
-    _, d = _nearest(t, key_frames)
+    _, d = _nearest(t, key_frames, index)
     return math.exp(-(d * d) / (2.0 * sigma * sigma))
 
 
@@ -130,7 +142,8 @@ def temporal_proximity(parsed: ParsedCompletion, key_frames: list[KeyFrame], sig
     times = [c.time for c in parsed.claims] if scope == "claims" else parsed.think_second_times
     if not times or not key_frames:
         return 0.0
-    return unit(sum(proximity(t, key_frames, sigma) for t in times) / len(times))
+    index = _index(key_frames)
+    return unit(sum(proximity(t, key_frames, sigma, index) for t in times) / len(times))
 
 
 # -------------------------------------------------------------------------------------- spatial
@@ -160,10 +173,12 @@ def claim_score(claim: Claim, key_frames: list[KeyFrame], key_items: dict[str, d
     `_prepared` caches per-frame ground truth across the claims of one sample."""
     if claim.time is None or not key_frames:
         return 0.0
-    kf, d = _nearest(claim.time, key_frames)
+    cache = _prepared if _prepared is not None else {}
+    if "nearest" not in cache:
+        cache["nearest"] = _index(key_frames)
+    kf, d = _nearest(claim.time, key_frames, cache["nearest"])
     if gate_delta_s is not None and d > gate_delta_s:
         return 0.0
-    cache = _prepared if _prepared is not None else {}
     frame = cache.get(kf.idx)
     if frame is None:
         frame = cache[kf.idx] = _prepared_frame(key_items.get(str(kf.idx), {}), object_match)

@@ -9,29 +9,33 @@ from msgspec import Meta, Struct
 
 NonNegFloat = Annotated[float, Meta(ge=0.0)]
 PosFloat = Annotated[float, Meta(gt=0.0)]
+Weight = Annotated[float, Meta(ge=0.0, le=1e6)]
+"""A component weight: bounded so the weighted total of 7 components in [0, 1] stays finite (1.7e308
+made it inf, sent as ``"total": null``)."""
+Seconds = Annotated[float, Meta(gt=0.0, le=7 * 86400.0)]
 
 
 class RewardWeights(Struct, forbid_unknown_fields=True, kw_only=True):
     """Weight w_c of each component in the total (only components that apply to a task count)."""
 
-    format: NonNegFloat = 1.0
-    answer_accuracy: NonNegFloat = 1.0
-    answer_tiou: NonNegFloat = 1.0
-    answer_viou: NonNegFloat = 1.0
-    think_temporal_segment: NonNegFloat = 1.0
-    temporal_proximity: NonNegFloat = 1.0
-    spatial_gated: NonNegFloat = 1.0
+    format: Weight = 1.0
+    answer_accuracy: Weight = 1.0
+    answer_tiou: Weight = 1.0
+    answer_viou: Weight = 1.0
+    think_temporal_segment: Weight = 1.0
+    temporal_proximity: Weight = 1.0
+    spatial_gated: Weight = 1.0
 
 
 class RewardConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """How completions are scored and how the sharded reward service runs."""
 
     weights: RewardWeights = msgspec.field(default_factory=RewardWeights)
-    gate_delta_s: PosFloat = 1.0
+    gate_delta_s: Annotated[float, Meta(gt=0.0, le=1e9)] = 1.0
     """Temporal gate: a claim's box is scored only if |t - nearest key frame| <= this (seconds)."""
-    sigma0: PosFloat = 4.0
+    sigma0: Annotated[float, Meta(gt=0.0, le=1e9)] = 4.0
     """Adaptive proximity: initial sigma (seconds) of the curriculum."""
-    sigma_min: PosFloat = 1.0
+    sigma_min: Annotated[float, Meta(gt=0.0, le=1e9)] = 1.0
     """Adaptive proximity: final (minimum) sigma."""
     proximity_scope: Literal["claims", "all"] = "claims"
     """`claims`: mean over claim times; `all`: every `<t>X</t>s` mention in the think, as the reference
@@ -41,6 +45,6 @@ class RewardConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     spatial_mode: Literal["gated", "plain"] = "gated"
     """`plain` is the ablation baseline: IoU at the predicted time without gating or proximity."""
     num_shards: Annotated[int, Meta(ge=1, le=256)] = 2
-    deadline_s: PosFloat = 2.0
+    deadline_s: Seconds = 2.0
     """Per-request deadline before the client retries on another shard."""
-    batch_size: Annotated[int, Meta(ge=1)] = 32
+    batch_size: Annotated[int, Meta(ge=1, le=65536)] = 32

@@ -37,6 +37,7 @@ from stgrl.reward_service.components import (
 )
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.geometry import ENUMERATION_LIMIT, box_iou, clamp_box, interval_iou, match_score
+from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes
 from stgrl.reward_service.parser import (
     _BOX_TAG,
     _MISSING,
@@ -91,7 +92,7 @@ class Truth:
     first use (a group whose completions have no answer never builds the ROUGE profile)."""
 
     __slots__ = ("sample", "key", "task", "options", "_letter", "_rouge", "span", "_times", "_wh", "_frames", "_at",
-                 "_all_boxes", "_image_boxes", "accuracy_of")
+                 "_all_boxes", "_image_boxes", "accuracy_of", "_nearest")
 
     def __init__(self, sample: ScoringSample) -> None:
         if sample.task not in TASKS:
@@ -114,6 +115,7 @@ class Truth:
         self._image_boxes: list[Box] | None = None
         self.accuracy_of: dict[str, float] = {}
         """`answer_accuracy` by answer text: the completions of a group often give the same answer."""
+        self._nearest: NearestTimes | None = None
 
     def same(self, s: ScoringSample) -> bool:
         """Whether `s` has this ground truth, so that every prepared part applies to it as is.
@@ -130,6 +132,12 @@ class Truth:
         if self._times is None:
             self._times = [kf.time for kf in self.sample.key_frames]
         return self._times
+
+    def nearest(self, t: float) -> tuple[int, float]:
+        """(position, distance) of the key frame nearest to ``t`` (`nearest.NearestTimes`: O(log n))."""
+        if self._nearest is None:
+            self._nearest = NearestTimes(self.times)
+        return self._nearest.nearest(t)
 
     @property
     def wh(self) -> tuple[float, float]:
@@ -348,12 +356,15 @@ def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth
             prox.append(0.0)
             spat.append(0.0)
             continue
-        k = 0  # _nearest(t, times), inlined (hot)
-        d = abs(t - t0)
-        for i in range(1, n_times):
-            di = abs(t - times[i])
-            if di < d:
-                k, d = i, di
+        if n_times >= SCAN_BELOW:
+            k, d = truth.nearest(t)  # many key frames: O(log n), not a scan per claim
+        else:
+            k = 0  # _nearest(t, times), inlined (hot)
+            d = abs(t - t0)
+            for i in range(1, n_times):
+                di = abs(t - times[i])
+                if di < d:
+                    k, d = i, di
         if not plain:
             prox.append(exp(-(d * d) / den))
         if gate is not None and d > gate:
@@ -388,7 +399,7 @@ def _mean_proximity(ts: list[float | None], truth: Truth, den: float) -> float:
         if t is None:
             out.append(0.0)
         else:
-            d = _nearest(t, truth.times)[1]
+            d = (truth.nearest(t) if len(truth.times) >= SCAN_BELOW else _nearest(t, truth.times))[1]
             out.append(math.exp(-(d * d) / den))
     p = sum(out) / len(ts)
     return 0.0 if not p > 0.0 else (1.0 if p > 1.0 else p)

@@ -60,6 +60,8 @@ class ShardStats:
         self.requests = 0
         self.samples = 0
         self.errors = 0
+        self.handler_errors = 0
+        """Requests whose handling raised (answered with an error reply; the shard kept serving)."""
         self._sums = dict.fromkeys(COMPONENTS, 0.0)
         self._counts = dict.fromkeys(COMPONENTS, 0)
 
@@ -77,6 +79,10 @@ class ShardStats:
                 for name, v in s.components.items():
                     self._sums[name] += v
                     self._counts[name] += 1
+
+    def count_handler_error(self) -> None:
+        with self._lock:
+            self.handler_errors += 1
 
     def _trim(self, now: float) -> None:
         while self._recent and self._recent[0] < now - self.window_s:
@@ -103,6 +109,7 @@ class ShardStats:
                 "requests": self.requests,
                 "samples": self.samples,
                 "errors": self.errors,
+                "handler_errors": self.handler_errors,
                 "requests_per_s": rps,
                 "latency_s": {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
                               "max": lat[-1] if lat else 0.0, "count": len(lat)},

@@ -22,7 +22,21 @@ from stgrl.reward_service.types import ScoringSample
 
 log = logging.getLogger(__name__)
 
-_decoder = msgspec.json.Decoder(ScoringSample)
+class _DepthSafeDecoder:
+    """msgspec's typed decoder, with nesting deeper than the interpreter's stack turned into a
+    `msgspec.DecodeError`: one deeply nested line is that line's error row, not the end of the run."""
+
+    def __init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(ScoringSample)
+
+    def decode(self, raw: str | bytes) -> ScoringSample:
+        try:
+            return self._decoder.decode(raw)
+        except RecursionError:
+            raise msgspec.DecodeError("JSON nested too deeply") from None
+
+
+_decoder = _DepthSafeDecoder()
 
 
 @dataclass
@@ -38,7 +52,7 @@ def _id_of(raw: str) -> object:
     """Best-effort id of a line that failed validation (so the error line can be joined back)."""
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return obj.get("id") if isinstance(obj, dict) else None
 

@@ -24,6 +24,11 @@ from stgrl.reward_service.types import TASKS, KeyFrame, ScoringSample
 
 log = logging.getLogger(__name__)
 
+QUEUED_PER_CONNECTION = 16
+"""Requests libzmq queues per client connection before it stops reading from it: with
+`wire.MAX_MESSAGE_BYTES` that bounds a connection's queued bytes to 1 GiB (the client keeps at most
+``max_in_flight_per_shard`` = 2 requests in flight per shard, so it never gets near)."""
+
 
 def warm_up_samples() -> list[ScoringSample]:
     """One small well-formed sample per task (free-form and multiple-choice answers)."""
@@ -78,7 +83,8 @@ class ShardServer:
         ctx = zmq.Context()
         curve = CurveServer(ctx, self._keys) if self._keys is not None else None
         try:
-            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve)
+            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve,
+                                                high_water_mark=QUEUED_PER_CONNECTION)
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()
@@ -94,17 +100,37 @@ class ShardServer:
                     continue
                 frames = sock.recv_multipart(copy=True)
                 t0 = time.perf_counter()
-                reply, n_scored = self._handle(frames[1:])
+                reply, n_scored = self._handle_safely(frames[1:])
                 if reply is None:
                     continue
-                sock.send_multipart([frames[0], *reply])
-                if n_scored and self._on_request is not None:
-                    self._on_request(time.perf_counter() - t0, n_scored)
+                try:
+                    sock.send_multipart([frames[0], *reply])
+                    if n_scored and self._on_request is not None:
+                        self._on_request(time.perf_counter() - t0, n_scored)
+                except Exception:  # a failed reply or metrics export must not end the serving thread
+                    self.stats.count_handler_error()
+                    log.exception("reward shard %d: replying or exporting metrics failed", self.shard_id)
         finally:
             sock.close(0)
             if curve is not None:
                 curve.stop()
             ctx.term()
+
+    def _handle_safely(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:
+        """`_handle`, but any exception becomes an error reply (or a drop) and is counted in
+        ``stats.handler_errors``: one hostile or unlucky request must never end the serving thread,
+        whose death would leave a live actor that Ray never restarts."""
+        try:
+            return self._handle(frames)
+        except Exception as e:
+            self.stats.count_handler_error()
+            log.exception("reward shard %d: a request raised %s; replying with an error", self.shard_id,
+                          type(e).__name__)
+            rid = frames[1] if len(frames) == 3 else None
+            if rid is None or wire.unpack_id(rid) is None:
+                return None, 0
+            message = f"shard {self.shard_id} could not handle the request: {type(e).__name__}"
+            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=message))], 0
 
     def _handle(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:
         """One request -> (reply frames, number of samples scored). Frames are None when the request
@@ -121,8 +147,11 @@ class ShardServer:
         t0 = time.perf_counter()
         try:
             req = wire.request_decoder.decode(body)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, ValueError) as e:
             return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=f"bad request: {e}"))], 0
+        except RecursionError:  # e.g. 200k-deep nesting under a field the decoder skips
+            return [wire.STATUS_ERROR, rid,
+                    wire.encoder.encode(wire.ErrorReply(message="bad request: nested too deeply"))], 0
         scores = score_batch(req.samples, req.step, req.total_steps, self.cfg)
         handle_s = time.perf_counter() - t0
         self.stats.record(handle_s, scores)

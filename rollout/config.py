@@ -8,19 +8,21 @@ from msgspec import Meta, Struct
 
 PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0.0)]
+Seed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+"""Every seed ends up in NumPy's or torch's generator; NumPy takes only 0 <= seed < 2**32."""
 
 
 class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Which checkpoint to train. `path` may be any local HF Qwen2.5-VL checkpoint."""
 
     path: str = "models/tiny"
-    init_seed: int = 0
+    init_seed: Seed = 0
     """Seed for `stgrl init-model` when `path` does not exist yet (embedded tiny model)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    pretrain_vision_steps: Annotated[int, Meta(ge=0)] = 200
+    pretrain_vision_steps: Annotated[int, Meta(ge=0, le=10**7)] = 200
     """Base pretraining of a freshly built embedded model (`stgrl.rollout.base_pretrain`): dense
     vision-probe steps. 0 = off. Ignored for a `path` that already holds a model."""
-    pretrain_caption_steps: Annotated[int, Meta(ge=0)] = 800
+    pretrain_caption_steps: Annotated[int, Meta(ge=0, le=10**7)] = 800
     """Base pretraining: grounded-caption steps (teaches the language model to read image tokens)."""
 
 
@@ -29,15 +31,21 @@ class DataConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
     train: str = "data/shapes/train.jsonl"
     eval: str = "data/shapes/eval.jsonl"
-    fps: PosFloat = 2.0
+    fps: Annotated[float, Meta(gt=0.0, le=1000.0)] = 2.0
     min_frames: Annotated[int, Meta(ge=1, le=512)] = 4
     max_frames: Annotated[int, Meta(ge=1, le=512)] = 16
-    max_pixels_per_frame: Annotated[int, Meta(ge=28 * 28)] = 128 * 28 * 28
-    min_pixels_per_frame: Annotated[int, Meta(ge=28 * 28)] = 4 * 28 * 28
+    max_pixels_per_frame: Annotated[int, Meta(ge=28 * 28, le=16384 * 28 * 28)] = 128 * 28 * 28
+    min_pixels_per_frame: Annotated[int, Meta(ge=28 * 28, le=16384 * 28 * 28)] = 4 * 28 * 28
+    max_prompt_tokens: Annotated[int, Meta(ge=64, le=1 << 20)] = 16384
+    """A prompt (chat template + question + frame tokens) longer than this is skipped, counted and
+    logged (`stgrl.rollout.video.PromptTooLong`) instead of building a huge example."""
+    allow_media_outside_root: bool = False
+    """Media paths must stay inside the dataset file's folder (``..``, absolute paths and symlinks out
+    of it are skipped as ``unsafe_media_path``); set true for a dataset that points elsewhere on purpose."""
     synth_difficulty: Literal["easy", "medium", "hard"] = "easy"
-    synth_train: Annotated[int, Meta(ge=1)] = 2000
-    synth_eval: Annotated[int, Meta(ge=1)] = 200
-    synth_seed: int = 0
+    synth_train: Annotated[int, Meta(ge=1, le=10**7)] = 2000
+    synth_eval: Annotated[int, Meta(ge=1, le=10**7)] = 200
+    synth_seed: Seed = 0
 
 
 class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -46,16 +54,16 @@ class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     engine: Literal["hf", "vllm"] = "hf"
     num_workers: Annotated[int, Meta(ge=1, le=4096)] = 2
     group_size: Annotated[int, Meta(ge=2, le=256)] = 4
-    prompts_per_step: PosInt = 8
+    prompts_per_step: Annotated[int, Meta(ge=1, le=10**6)] = 8
     temperature: Annotated[float, Meta(ge=0.0, le=10.0)] = 1.0
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
     max_new_tokens: Annotated[int, Meta(ge=1, le=32768)] = 96
     gpu_memory_utilization: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.5
-    num_gpus_per_worker: Annotated[float, Meta(ge=0.0)] = 0.0
+    num_gpus_per_worker: Annotated[float, Meta(ge=0.0, le=64.0)] = 0.0
     elastic: bool = False
     """Grow the pool at runtime: start a worker whenever a `rollout` resource is free (a node joined);
     workers whose node left are dropped and their prompts re-queued. `num_workers` is the start size."""
-    max_workers: Annotated[int, Meta(ge=0)] = 0
+    max_workers: Annotated[int, Meta(ge=0, le=4096)] = 0
     """Upper bound of an elastic pool (0: as many as the cluster's `rollout` resources allow)."""
-    elastic_check_s: Annotated[float, Meta(gt=0.0)] = 5.0
+    elastic_check_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 5.0
     """How often a waiting driver looks for new `rollout` capacity."""

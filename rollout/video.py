@@ -31,6 +31,10 @@ class MediaError(RuntimeError):
     """A record's video or image is missing or cannot be decoded (callers count and skip it)."""
 
 
+class PromptTooLong(MediaError):
+    """The record's prompt has more tokens than ``data.max_prompt_tokens``; skipped like bad media."""
+
+
 def sample_frame_indices(
     num_frames: int, native_fps: float, fps: float, min_frames: int, max_frames: int
 ) -> list[int]:
@@ -211,7 +215,8 @@ def prepare_prompt(
     cache: VideoCache | None = None,
 ) -> PreparedPrompt:
     """Decode (cached), build the chat prompt with `Frame k at {t}s:` labels, run the processor
-    once. Raises `MediaError` when the media is missing or corrupt."""
+    once. Raises `MediaError` when the media is missing or corrupt, `PromptTooLong` (a `MediaError`)
+    when the prompt exceeds ``data.max_prompt_tokens``."""
     cache = cache or VideoCache(capacity=1)
     media = record_media(record, dataset_dir, data_cfg, cache)
     messages = build_messages(record, media.times)
@@ -219,6 +224,10 @@ def prepare_prompt(
     inputs = processor(text=[text], images=list(media.frames), return_tensors="pt",
                        images_kwargs=_size_kwargs(data_cfg))
     model_inputs = {k: v for k, v in inputs.items() if hasattr(v, "dtype")}
+    n_tokens = int(model_inputs["input_ids"].shape[-1])
+    if n_tokens > data_cfg.max_prompt_tokens:
+        raise PromptTooLong(f"record {record.id}: prompt of {n_tokens} tokens exceeds data.max_prompt_tokens "
+                            f"({data_cfg.max_prompt_tokens})")
     grid = model_inputs["image_grid_thw"][0]
     patch = int(getattr(processor.image_processor, "patch_size", 14))
     frame_size = (int(grid[2]) * patch, int(grid[1]) * patch)

@@ -16,9 +16,11 @@ Datasets in the record format of DESIGN 2.1 (JSON lines; media paths relative to
       times are times of frames the model is shown.
   stgrl data import-stgr STGR.json --out data/stgr/train.jsonl [--video-root DIR] [--image-root DIR]
       convert the public Open-o3 Video STGR annotations (task names mapped, visual QA boxes rescaled
-      to the processor's resized size).
-  stgrl data check data/shapes/train.jsonl
-      validate every line and open every video; print what would be skipped and why.
+      to the processor's resized size). Media roots outside the output folder need
+      data.allow_media_outside_root: true to train on (and `data check --allow-media-outside-root`).
+  stgrl data check data/shapes/train.jsonl [--allow-media-outside-root]
+      validate every line and open every video; print what would be skipped and why (media paths
+      must stay inside the file's folder unless allowed).
   stgrl data contact-sheet data/shapes --out docs/contact_sheet.png
       decoded frames of a few samples with their ground-truth boxes drawn.
 """
@@ -48,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _config_args(p)
     p = sub.add_parser("check", help="validate a dataset file and its media")
     p.add_argument("path", help="JSONL dataset file")
+    p.add_argument("--allow-media-outside-root", action="store_true",
+                   help="accept media paths leading outside the file's folder (data.allow_media_outside_root)")
     p.add_argument("--no-media", action="store_true", help="skip opening the media files")
     p = sub.add_parser("contact-sheet", help="draw decoded frames with ground-truth boxes")
     p.add_argument("datasets", nargs="+", help="dataset folders")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "check":
         from stgrl.rollout.data.reader import read_records
 
-        _, report = read_records(args.path, check_media_files=not args.no_media)
+        _, report = read_records(args.path, check_media_files=not args.no_media,
+                                 allow_media_outside_root=args.allow_media_outside_root)
         log.info("%s: %d read, %d kept, skipped %s", args.path, report.read, report.kept, report.counts or "none")
         return 0 if report.kept else 1
     if args.data_command == "contact-sheet":

@@ -1,6 +1,7 @@
 """The training record of DESIGN 2.1 as a validated msgspec Struct.
 
-One record is one question about one video (or one still image for `spatial`). Validation happens
+One record is one question about one video (or one still image for `spatial`). Text fields and lists
+have the maxima of `stgrl.rollout.data.limits` (a 100 KB question is refused here). Validation happens
 at decode time (`decode_record`), so a malformed line fails at the file boundary with a message that
 names the field, never deep inside a trainer.
 """
@@ -15,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from stgrl.explain import find_invalid
+from stgrl.rollout.data import limits as L
 
 Task = Literal["spatio_temporal", "temporal", "spatial", "general"]
 TASKS: tuple[str, ...] = ("spatio_temporal", "temporal", "spatial", "general")
@@ -41,17 +43,17 @@ class Record(Struct, forbid_unknown_fields=True, kw_only=True):
     converts normalized text boxes to resized pixels.
     """
 
-    id: str
+    id: Annotated[str, Meta(max_length=L.MAX_ID_CHARS)]
     task: Task
-    question: str
-    answer: str
-    options: list[str] = []
-    video_path: str | None = None
-    image_path: str | None = None
-    key_frames: list[KeyFrame] = []
+    question: Annotated[str, Meta(max_length=L.MAX_TEXT_CHARS)]
+    answer: Annotated[str, Meta(max_length=L.MAX_TEXT_CHARS)]
+    options: Annotated[list[Annotated[str, Meta(max_length=L.MAX_TEXT_CHARS)]], Meta(max_length=L.MAX_OPTIONS)] = []
+    video_path: Annotated[str, Meta(max_length=L.MAX_PATH_CHARS)] | None = None
+    image_path: Annotated[str, Meta(max_length=L.MAX_PATH_CHARS)] | None = None
+    key_frames: Annotated[list[KeyFrame], Meta(max_length=L.MAX_KEY_FRAMES)] = []
     key_items: dict[str, dict[str, list[NormBox]]] = {}
     span: Annotated[list[float], Meta(min_length=2, max_length=2)] | None = None
-    reasoning: str = ""
+    reasoning: Annotated[str, Meta(max_length=L.MAX_REASONING_CHARS)] = ""
     box_space: Literal["pixels", "normalized"] = "pixels"
     source: str = ""
     extra_frame_times: list[Annotated[float, Meta(ge=0.0)]] = []

@@ -209,4 +209,9 @@ def import_stgr(
         lines.append(encode_record(rec))
     out_path.write_bytes(b"".join(x + b"\n" for x in lines))
     log.info("imported %d STGR items into %s (skipped %s)", len(lines), out_path, report.skipped)
+    outside = [r for r in (video_root, image_root)
+               if r is not None and not Path(r).resolve().is_relative_to(out_path.parent.resolve())]
+    if outside and lines:
+        log.warning("media roots %s lie outside %s: train on this file with data.allow_media_outside_root: "
+                    "true (media paths must otherwise stay inside the dataset folder)", outside, out_path.parent)
     return report
