@@ -22,6 +22,7 @@ from stgrl.reward_service.types import ScoringSample
 
 log = logging.getLogger(__name__)
 
+
 class _DepthSafeDecoder:
     """msgspec's typed decoder, with nesting deeper than the interpreter's stack turned into a
     `msgspec.DecodeError`: one deeply nested line is that line's error row, not the end of the run."""
@@ -63,7 +64,9 @@ def _explain(lineno: int, raw: str | bytes, err: Exception) -> str:
         return describe_bad_json_line(lineno, raw)
     try:
         found = find_invalid(json.loads(raw), ScoringSample)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return f"line {lineno} is not a scoring sample: nested too deeply to read"
+    except ValueError:
         found = None
     detail = f"{found[0]}: {found[1]}" if found else str(err).split(" - at `$`")[0]
     return f"line {lineno} is not a scoring sample: {detail}"

@@ -121,7 +121,9 @@ def explain_invalid_record(line: bytes | str, err: msgspec.ValidationError) -> s
     `Record.__post_init__` that it breaks."""
     try:
         found = find_invalid(json.loads(line, parse_float=_float_or_out_of_range), Record)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return "nested too deeply to read"
+    except ValueError:
         found = None
     if found is not None:
         return f"{found[0]}: {found[1]}"

@@ -29,6 +29,8 @@ def test_deeply_nested_lines_are_error_rows_and_the_run_goes_on(tmp_path, capsys
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r.get("id") for r in rows] == ["t1", None, None, None, "t2"]  # no id: json cannot read it either
     assert [r.get("line") for r in rows[1:4]] == [2, 3, 4]
-    assert rows[1]["error"] == "JSON nested too deeply"  # skipping the unknown field is what recursed
-    assert "error" in rows[2] and "error" in rows[3] and "total" in rows[0] and "total" in rows[4]
-    assert "line 2:" in capsys.readouterr().err
+    assert rows[1]["error"] == "line 2 is not valid JSON (nested too deeply)"  # skipping the unknown field recursed
+    assert rows[2]["error"] == rows[3]["error"].replace("4", "3") == (
+        "line 3 is not a scoring sample: nested too deeply to read")
+    assert "total" in rows[0] and "total" in rows[4]
+    assert "line 2 is not valid JSON" in capsys.readouterr().err
