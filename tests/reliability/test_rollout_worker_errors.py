@@ -40,6 +40,7 @@ def _driver(root: Path, tmp_path: Path, model_path: Path):
         "transport.timeout_s=20"])
     train, dataset_dir = load_split(cfg.data.train, "train")
     driver = RLDriver(cfg, tmp_path / "run", str(model_path), train, dataset_dir)
+    driver.keys = None  # loopback: no CURVE (what start() decides for a local run)
     driver.publisher = WeightPublisher(cfg.transport)
     driver.receiver = TrajectoryReceiver(cfg.transport, auto_commit=True)
     return driver
