@@ -35,7 +35,8 @@ def vllm_engine(tiny_text_model):
     torch.set_num_threads(1)
     from stgrl.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(tiny_text_model, dtype="float32", gpu_memory_utilization=0.05, max_model_len=512, seed=0)
+    return VLLMEngine(tiny_text_model, dtype="float32", gpu_memory_utilization=0.05, max_model_len=512, seed=0,
+                      kv_cache_bytes=VL_KV_CACHE_BYTES)
 
 
 @pytest.fixture(scope="session")
