@@ -106,8 +106,6 @@ class VLLMEngine:
             self._expected[LM_HEAD] = self._expected["model.embed_tokens.weight"]
         self._version = -1
         self._dirty = False
-        self.generate_calls = 0
-        """``LLM.generate`` calls so far (one per :meth:`generate_groups`)."""
         self.startup_s = time.perf_counter() - started
         logger.info("vLLM engine on %s ready in %.1f s (in-process=%s, %s log-probs)", model_path,
                     self.startup_s, self._in_process, logprob_mode)
@@ -201,7 +199,6 @@ class VLLMEngine:
                 logit_bias=dict(self._suppress) or None, skip_special_tokens=True,
             ))
             requests.append(self._request(prompt))
-        self.generate_calls += 1
         outputs = self._llm.generate(requests, params, use_tqdm=False)
         groups = []
         for output in outputs:

@@ -1,7 +1,9 @@
 """Fixtures of the vLLM CPU lane (run by ``scripts/vllm_lane.sh`` inside ``.venv-vllm``).
 
-One tiny text Qwen2 checkpoint and one in-process vLLM engine per session: engine start-up is the
-expensive part (~15 s on 2 cores), generation on the tiny model takes milliseconds.
+Two models built here: a tiny text Qwen2 (the text-only engine paths) and the project's embedded
+Qwen2.5-VL (frames as images, through a real RolloutWorkerImpl). One in-process engine per model per
+session: engine start-up is the expensive part (~15 s on 2 cores), generation on tiny models takes
+milliseconds.
 """
 
 from __future__ import annotations
