@@ -142,6 +142,20 @@ def test_pixels_go_to_the_device_once_per_prompt(vl_model_dir, vl_prompt, monkey
     assert build_group_batch(groups, 0)[0]["pixel_values"].shape[0] == 4 * patches
 
 
-def test_bf16_precision_loads_bf16_weights(text_model_dir):
+def test_bf16_precision_loads_the_checkpoint_in_bf16(text_model_dir, monkeypatch):
+    """Every rank holds the full model before DeepSpeed partitions it: bf16 from disk halves that host
+    memory (DeepSpeed would cast the module to bf16 anyway, so the engine's dtype alone proves nothing)."""
+    import stgrl.learner.engine as engine_module
+
+    loaded = []
+    real = engine_module.load_model
+
+    def recording(path, dtype=torch.float32):
+        model = real(path, dtype)
+        loaded.append({p.dtype for p in model.parameters()})
+        return model
+
+    monkeypatch.setattr(engine_module, "load_model", recording)
     engine = LearnerEngine(text_model_dir, LearnerConfig(precision="bf16", zero_stage=2), WORLD)
+    assert loaded == [{torch.bfloat16}]
     assert {p.dtype for p in engine.module.parameters()} == {torch.bfloat16}
