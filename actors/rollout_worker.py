@@ -104,7 +104,8 @@ class RolloutWorkerImpl:
         self.spec = spec
         self.engine: RolloutEngine = build_engine(spec.rollout.engine, spec.model_path, dtype=spec.dtype,
                                                   gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                                                  seed=spec.seed, max_images_per_prompt=spec.data.max_frames)
+                                                  seed=spec.seed, max_images_per_prompt=spec.data.max_frames,
+                                                  rollout=spec.rollout)
         self.processor = AutoProcessor.from_pretrained(spec.model_path)
         self.cache = VideoCache(capacity=64)
         self._subscriber = None
@@ -142,9 +143,11 @@ class RolloutWorkerImpl:
 
     def generate_groups(self, prompt_records: list[Record | dict[str, Any]],
                         step: int) -> list[tuple[TrajectoryGroup, dict[str, torch.Tensor]]]:
-        """Prepare and sample one group per record; records whose media fail are logged and skipped."""
+        """Prepare every record, then sample all their groups in ONE engine call (vLLM batches a step's
+        prompts); records whose media fail are logged and skipped. A group's ``generate_s`` is its
+        share of that call (the call's time over its groups)."""
         cfg = self.spec.rollout
-        out = []
+        prepared_all: list[tuple[PreparedPrompt, float]] = []
         for raw in prompt_records:
             record = raw if isinstance(raw, Record) else msgspec.convert(raw, Record)
             t0 = time.perf_counter()
@@ -154,18 +157,24 @@ class RolloutWorkerImpl:
                 logger.warning("worker %s skips record %s: %s", self.spec.worker_id, record.id, err)
                 self._stats["skipped"] += 1
                 continue
-            t1 = time.perf_counter()
-            sampling = SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                    seed=group_seed(self.spec.seed, step, record.id))
-            version = self.engine.version
-            completions = self.engine.generate_group(self._engine_prompt(prepared), cfg.group_size, sampling)
-            t2 = time.perf_counter()
+            prepared_all.append((prepared, time.perf_counter() - t0))
+        if not prepared_all:
+            return []
+        samplings = [SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                  seed=group_seed(self.spec.seed, step, p.record.id)) for p, _ in prepared_all]
+        version = self.engine.version
+        t1 = time.perf_counter()
+        groups = self.engine.generate_groups([self._engine_prompt(p) for p, _ in prepared_all], cfg.group_size,
+                                             samplings)
+        share = (time.perf_counter() - t1) / len(prepared_all)
+        out = []
+        for (prepared, prepare_s), completions in zip(prepared_all, groups):
             n_tokens = sum(len(c.token_ids) for c in completions)
             self._stats["groups"] += 1
             self._stats["samples"] += len(completions)
             self._stats["tokens"] += n_tokens
-            self._stats["generate_s"] += t2 - t1
-            timings = {"prepare_s": t1 - t0, "generate_s": t2 - t1, "tokens_per_s": n_tokens / max(t2 - t1, 1e-9),
+            self._stats["generate_s"] += share
+            timings = {"prepare_s": prepare_s, "generate_s": share, "tokens_per_s": n_tokens / max(share, 1e-9),
                        "created_unix_s": time.time()}
             out.append(make_trajectory_group(prepared, completions, step=step, version=version, timings=timings))
         return out

@@ -126,3 +126,25 @@ def shard_minibatched(items: Sequence[T], world_size: int, num_minibatches: int)
             shards[r].extend(items[start + r * size:start + (r + 1) * size])
         start += size * world_size
     return shards
+
+
+def padded_tokens(groups: Sequence[ScoredGroup]) -> int:
+    """Tokens a forward of these groups costs: all their rows, right-padded to the longest row."""
+    rows = sum(len(g.completion_ids) for g in groups)
+    longest = max((int(g.model_inputs["input_ids"].shape[1]) + max((len(c) for c in g.completion_ids), default=0)
+                   for g in groups), default=0)
+    return rows * longest
+
+
+def token_budget_split(groups: Sequence[ScoredGroup], budget: int) -> list[list[ScoredGroup]]:
+    """Contiguous micro-batches of whole groups, each within ``budget`` padded tokens
+    (:func:`padded_tokens`); a group larger than the budget goes alone. ``budget == 0``: one
+    micro-batch. Groups stay whole so each prompt's images are encoded once per micro-batch."""
+    if budget <= 0 or not groups:
+        return [list(groups)]
+    parts: list[list[ScoredGroup]] = [[]]
+    for g in groups:
+        if parts[-1] and padded_tokens([*parts[-1], g]) > budget:
+            parts.append([])
+        parts[-1].append(g)
+    return parts

@@ -42,6 +42,13 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Weight each sequence by the truncated IS weight min(exp(mean(old - behaviour)), is_cap)."""
     num_gpus_per_rank: Annotated[float, Meta(ge=0.0, le=64.0)] = 0.0
     """GPUs each learner rank asks Ray for (0: CPU ranks with DS_ACCELERATOR=cpu and gloo)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them (7B: the
+    activations of a 3.7k-token sequence would otherwise dominate memory; costs ~1 extra forward)."""
+    micro_batch_tokens: Annotated[int, Meta(ge=0)] = 0
+    """Token budget of one forward/backward (rows x padded length, groups kept whole); a minibatch
+    larger than this is split into micro-batches whose gradients add up to the minibatch's before its
+    one optimizer step. 0: the whole minibatch in one forward."""
 
 
 class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):

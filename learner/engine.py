@@ -92,6 +92,31 @@ def load_model(model_path: str | Path, dtype: torch.dtype = torch.float32):
     return auto.from_pretrained(model_path, dtype=dtype)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute decoder-layer activations in backward (non-reentrant: works with frozen inputs and
+    DeepSpeed's hooks). Active in training mode only, hence :func:`train_without_dropout`."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def train_without_dropout(model) -> None:
+    """Training mode (which gradient checkpointing needs) with every dropout layer in eval mode, so a
+    forward is the same function as in eval mode and a ratio measures only how the weights moved.
+
+    Attention dropout is a rate read in training mode, not a layer: a model with a nonzero one is
+    refused (Qwen2.5-VL's is 0)."""
+    for module in model.modules():
+        rate = getattr(module, "attention_dropout", 0.0)
+        if isinstance(rate, float) and rate > 0:
+            raise ValueError(f"gradient checkpointing runs the RL forward in training mode, where this model's "
+                             f"attention dropout ({rate}) would act: use a model with attention_dropout 0 or "
+                             "learner.gradient_checkpointing=false")
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+
+
 def load_processor(model_path: str | Path):
     """The checkpoint's processor (VL) or tokenizer (text-only), or None when it has neither."""
     from transformers import AutoProcessor, AutoTokenizer
@@ -133,11 +158,15 @@ class LearnerEngine:
         self.model_path = str(model_path)
         init_distributed(world)
         seed_everything(seed)
-        model = load_model(model_path)
+        bf16 = cfg.precision == "bf16"
+        # bf16 straight from disk: a 7B model is 15 GB per rank instead of an fp32 30 GB (DeepSpeed
+        # would cast to bf16 anyway).
+        model = load_model(model_path, torch.bfloat16 if bf16 else torch.float32)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.processor = load_processor(model_path)
         self.pad_id = pad_token_id(model, self.processor)
         device = self._device()
-        bf16 = cfg.precision == "bf16"
         self.ref_model = None
         if cfg.kl_beta > 0:
             self.ref_model = load_model(model_path, torch.bfloat16 if bf16 else torch.float32).to(device).eval()
@@ -170,6 +199,28 @@ class LearnerEngine:
     def global_steps(self) -> int:
         """Optimizer steps taken (restored by :meth:`load_checkpoint`)."""
         return int(self.engine.global_steps)
+
+    def accumulate(self, loss: Tensor, last: bool) -> float:
+        """Backward of one micro-batch whose gradient adds to the previous ones; DeepSpeed reduces
+        and the optimizer may step only after the ``last`` one (:meth:`optimizer_step`). Returns s."""
+        t0 = time.perf_counter()
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss)
+        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
+        if not last and clear is not None:
+            # What DeepSpeed's own forward does first; we forward the HF module directly. Without it
+            # ZeRO-3 would treat the next micro-batch as this one and overwrite its gradients.
+            clear()
+        return time.perf_counter() - t0
+
+    def optimizer_step(self) -> dict[str, float]:
+        """The clipped optimizer step + scheduler step after the last :meth:`accumulate`."""
+        t0 = time.perf_counter()
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return {"time_optimizer_s": time.perf_counter() - t0,
+                "grad_norm": float(norm) if norm is not None else float("nan"),
+                "lr": float(self.scheduler.get_last_lr()[0])}
 
     def backward_step(self, loss: Tensor) -> dict[str, float]:
         """Backward + clipped optimizer step + scheduler step; returns timings, grad norm and lr."""

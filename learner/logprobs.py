@@ -38,6 +38,7 @@ def _prompt_len(model_inputs: dict[str, Tensor]) -> int:
 def build_group_batch(
     groups: Sequence[tuple[dict[str, Tensor], Sequence[Sequence[int]]]],
     pad_id: int,
+    expand_images: bool = True,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
     """Right-padded batch for several prompts, each with its completions.
 
@@ -45,7 +46,9 @@ def build_group_batch(
     arguments for ``R = sum_g G_g`` rows (plus ``_row_group``: each row's group index, removed before
     the forward); row ``r`` holds prompt ``P_r`` tokens then its completion;
     ``targets`` the completion ids (``pad_id`` past the end), ``mask`` 1 on real completion tokens
-    and ``starts[r] = P_r``.
+    and ``starts[r] = P_r``. ``expand_images=False`` leaves the per-image tensors out (the caller
+    encodes each prompt's images once, :func:`_encode_images_once`): a group's pixels are then never
+    copied G times, nor sent to the device G times.
     """
     rows_ids: list[Tensor] = []
     row_group: list[int] = []
@@ -69,7 +72,7 @@ def build_group_batch(
             comps.append(comp)
             row_group.append(gi)
             for key in _PER_IMAGE_KEYS:
-                if key in model_inputs:
+                if key in model_inputs and (expand_images or key != "pixel_values"):
                     per_image.setdefault(key, []).append(model_inputs[key])
         unknown = set(model_inputs) - set(_PER_IMAGE_KEYS) - set(_PER_TOKEN_KEYS)
         if unknown:
@@ -101,6 +104,12 @@ def build_group_batch(
     return inputs, targets, mask, torch.as_tensor(starts, dtype=torch.long)
 
 
+def can_encode_images_once(model, groups) -> bool:
+    """Images (no videos) and a model that encodes them on their own (``get_image_features``)."""
+    return (any("pixel_values" in mi for mi, _ in groups) and not any("pixel_values_videos" in mi for mi, _ in groups)
+            and hasattr(model, "get_image_features"))
+
+
 def _encode_images_once(model, inputs: dict[str, Tensor], groups) -> dict[str, Any]:
     """Run the vision tower once per prompt instead of once per completion row.
 
@@ -109,8 +118,7 @@ def _encode_images_once(model, inputs: dict[str, Tensor], groups) -> dict[str, A
     the ``G`` gradients into the vision tower, exactly as the repeated forward would. Text-only
     models, videos and models without ``get_image_features`` keep the plain expanded path.
     """
-    if ("pixel_values" not in inputs or "pixel_values_videos" in inputs or not hasattr(model, "get_image_features")
-            or groups is None):
+    if groups is None or not can_encode_images_once(model, groups):
         return inputs
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -185,8 +193,9 @@ def batched_completion_logprobs(
     Rows come group by group in order: ``[R = sum_g len(completions_g), T]``. With
     ``encode_images_once`` the vision tower runs once per prompt (not once per completion).
     """
-    inputs, targets, mask, starts = build_group_batch(groups, pad_id)
-    if not encode_images_once:
+    once = encode_images_once and can_encode_images_once(model, groups)
+    inputs, targets, mask, starts = build_group_batch(groups, pad_id, expand_images=not once)
+    if not once:
         groups = None
     logp = _forward_logprobs(model, inputs, targets, mask, starts, temperature, groups)
     return logp, mask.to(logp.device)

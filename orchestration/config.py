@@ -162,6 +162,34 @@ def check_consistency(cfg: Config) -> None:
     if cfg.run.mode == "sync" and cfg.run.max_staleness != 0:
         # Sync mode is staleness 0 by definition; say so rather than silently ignoring the value.
         raise ConfigError("run.max_staleness must be 0 when run.mode is 'sync'")
+    if cfg.rollout.engine == "vllm":
+        check_vllm(cfg)
+
+
+def check_vllm(cfg: Config) -> None:
+    """Settings the vLLM engine cannot run correctly with, refused before any actor starts."""
+    from stgrl.rollout.config import max_prompt_tokens
+
+    need = max_prompt_tokens(cfg.data) + cfg.rollout.max_new_tokens
+    if cfg.rollout.vllm.max_model_len < need:
+        raise ConfigError(
+            f"rollout.vllm.max_model_len ({cfg.rollout.vllm.max_model_len}) is below the longest prompt the data "
+            f"settings can make ({max_prompt_tokens(cfg.data)} tokens: data.max_frames x "
+            f"data.max_pixels_per_frame / 784 + text) plus rollout.max_new_tokens ({cfg.rollout.max_new_tokens}); "
+            f"set it to at least {need}")
+    budget = cfg.rollout.vllm.max_num_batched_tokens
+    if 0 < budget < cfg.rollout.vllm.max_model_len:
+        raise ConfigError(f"rollout.vllm.max_num_batched_tokens ({budget}) must be 0 (vLLM's default) or >= "
+                          f"rollout.vllm.max_model_len ({cfg.rollout.vllm.max_model_len})")
+    t = cfg.rollout.temperature
+    if cfg.rollout.top_p < 1.0 and t not in (0.0, 1.0) and cfg.learner.use_is_weights:
+        # At T = 1 (and greedy) the engine reports raw log-probs, the learner's full distribution; at any
+        # other T vLLM only reports log-probs renormalised over the top-p nucleus.
+        raise ConfigError(
+            f"rollout.top_p {cfg.rollout.top_p} with rollout.temperature {t} on vLLM: its behaviour log-probs "
+            "are renormalised over the nucleus while the learner's are of the full distribution, so the "
+            "importance weights (learner.use_is_weights) would be biased; use top_p 1.0, temperature 1.0, "
+            "or learner.use_is_weights=false")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

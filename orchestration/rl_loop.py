@@ -41,6 +41,15 @@ class PipelineError(RuntimeError):
     """The RL pipeline cannot continue; the message names the pool and what it waited for."""
 
 
+def worker_failure(err: BaseException) -> str:
+    """The worker-side exception inside a Ray error, as `Type: message` (first line of each)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
 def proximity_sigma(step: int, total_steps: int, sigma0: float, sigma_min: float) -> float:
     """σ(p) = max(σ_min, σ_0 (1 - p)), p = (step + 1) / total_steps (DESIGN 3), for the report."""
     p = (step + 1) / max(1, total_steps)
@@ -284,7 +293,7 @@ class RLDriver:
     def _collect(self, step: int) -> list[tuple[Any, dict]]:
         """Wait until every prompt of `step` delivered a group; re-queue the work of dead workers."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         expected = {group_id(step, prompt_id(r)) for r in self._assigned[step]}
         deadline = time.monotonic() + self.cfg.transport.timeout_s * 10
@@ -302,7 +311,15 @@ class RLDriver:
                     continue
                 try:
                     ray.get(ref)
+                except RayTaskError as e:
+                    # The worker raised (its engine refused a weight version, or generation failed): the
+                    # same input fails on every worker, so re-queueing would only repeat it.
+                    raise PipelineError(f"step {step}: rollout worker {w} failed: {worker_failure(e)}") from e
                 except RayActorError as e:
+                    if getattr(e, "actor_init_failed", False):
+                        # Its constructor raised (the engine did not start): Ray does not restart it.
+                        raise PipelineError(f"step {step}: rollout worker {w} could not start its engine "
+                                            f"(rollout.engine={self.cfg.rollout.engine}): {worker_failure(e)}") from e
                     missing = [r for r in chunk if group_id(step, prompt_id(r)) not in self._buffer[step]]
                     log.warning("rollout worker %d died during step %d (%s); re-queueing %d prompt(s)",
                                 w, step, type(e).__name__, len(missing))

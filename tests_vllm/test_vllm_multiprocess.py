@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lane import VL_KV_CACHE_BYTES
 
 from stgrl.rollout.engine import EnginePrompt, SamplingSpec
 
@@ -15,7 +16,7 @@ def test_weight_update_through_a_file_in_multiprocess_mode(tiny_text_model, hf_r
     from stgrl.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(tiny_text_model, dtype="float32", gpu_memory_utilization=0.05, max_model_len=512,
-                        in_process=False)
+                        in_process=False, kv_cache_bytes=VL_KV_CACHE_BYTES)
     try:
         prompt = EnginePrompt(model_inputs={"input_ids": torch.tensor([[(5 * i + 3) % 400 + 20 for i in range(40)]])})
         greedy = SamplingSpec(temperature=0.0, max_new_tokens=12)
