@@ -1,4 +1,4 @@
-"""Transport options (DESIGN 6). Pure msgspec: no ZeroMQ at import."""
+"""Transport options (docs/design.md §6). Pure msgspec: no ZeroMQ at import."""
 
 from __future__ import annotations
 

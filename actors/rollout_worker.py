@@ -1,4 +1,4 @@
-"""RolloutWorker: the Ray actor that turns prompts into trajectory groups (DESIGN 1, 6, 7).
+"""RolloutWorker: the Ray actor that turns prompts into trajectory groups (docs/design.md §1, 6, 7).
 
 A thin shell around three pieces that live elsewhere: the data pipeline (decode once + processor,
 ``stgrl.rollout.video.prepare_prompt``), a generation engine (``stgrl.rollout.engine``) and the two
@@ -60,7 +60,7 @@ class RolloutWorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     dtype: str = "float32"
     seed: int = 0
     torch_threads: int = 1
-    """Two shared cores: one thread per actor (DESIGN 8 measured 6-35x slow-downs otherwise)."""
+    """Two shared cores: one thread per actor (docs/design.md §8 measured 6-35x slow-downs otherwise)."""
 
 
 def ground_truth(record: Record, frame_size: tuple[int, int]) -> ScoringSample:
@@ -210,7 +210,7 @@ class RolloutWorkerImpl:
         return len(groups)
 
     def stats(self) -> dict[str, float]:
-        """Counters since start plus ``tokens_per_s``/``samples_per_s`` of generation time (DESIGN 11)."""
+        """Counters since start plus ``tokens_per_s``/``samples_per_s`` of generation time (docs/design.md §11)."""
         s = dict(self._stats)
         busy = max(s["generate_s"], 1e-9)
         return {**s, "tokens_per_s": s["tokens"] / busy, "samples_per_s": s["samples"] / busy,

@@ -1,4 +1,4 @@
-"""CurveZMQ for the data plane (DESIGN 6): encrypted, authenticated sockets off loopback.
+"""CurveZMQ for the data plane (docs/design.md §6): encrypted, authenticated sockets off loopback.
 
 One key pair per run, made by the orchestrator with `generate_keypair` and handed to actors as plain
 bytes arguments through Ray. Every server socket uses it as its server key, every client uses it as

@@ -1,4 +1,4 @@
-"""Trajectory groups from rollout workers to their consumer: at-least-once, de-duplicated (DESIGN 6).
+"""Trajectory groups from rollout workers to their consumer: at-least-once, de-duplicated (docs/design.md §6).
 
 Topology: the consumer's `TrajectoryReceiver` binds a ROUTER; each rollout worker's
 `TrajectorySender` connects a DEALER. Protocol:

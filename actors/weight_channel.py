@@ -1,4 +1,4 @@
-"""Versioned weights from the learner to every rollout worker, pulled in verified buckets (DESIGN 6).
+"""Versioned weights from the learner to every rollout worker, pulled in verified buckets (docs/design.md §6).
 
 A version is the state dict laid out as one byte stream (each tensor at a 64-byte aligned offset)
 and cut into fixed-size buckets (``cfg.weight_bucket_mib``). The `WeightManifest` lists every

@@ -1,4 +1,4 @@
-"""Every message that crosses a ZeroMQ socket, and the one way to encode and decode it (DESIGN 6).
+"""Every message that crosses a ZeroMQ socket, and the one way to encode and decode it (docs/design.md §6).
 
 A message is a multipart ZeroMQ message::
 
@@ -77,7 +77,7 @@ class _Msg(msgspec.Struct, tag_field="kind", **_STRUCT):
 class Completion(msgspec.Struct, **_STRUCT):
     token_ids: list[int]
     behaviour_logprobs: list[float]
-    """Log-prob of each token under the engine that sampled it (off-policy correction, DESIGN 4)."""
+    """Log-prob of each token under the engine that sampled it (off-policy correction, docs/design.md §4)."""
     text: str
     finish_reason: str
 

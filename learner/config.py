@@ -1,4 +1,4 @@
-"""Learner options (DESIGN 4-5). Pure msgspec: importable without torch or DeepSpeed."""
+"""Learner options (docs/design.md §4-5). Pure msgspec: importable without torch or DeepSpeed."""
 
 from __future__ import annotations
 

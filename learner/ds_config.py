@@ -2,7 +2,7 @@
 
 Batch sizes are nominal: the learner feeds DeepSpeed one already-formed minibatch per
 ``backward``/``step`` (gradient accumulation 1), so ``train_batch_size`` only satisfies DeepSpeed's
-consistency check. Bucket sizes stay small (DESIGN 4 pitfalls: the default 2 GB ZeRO-2 bucket is
+consistency check. Bucket sizes stay small (docs/design.md §4 pitfalls: the default 2 GB ZeRO-2 bucket is
 re-allocated every step on CPU).
 """
 

@@ -51,7 +51,7 @@ def init_distributed(world: WorldInfo) -> None:
     """Set the torch.distributed env and initialise (gloo on CPU, NCCL on GPU); idempotent per process.
 
     On CPU the shared-memory comm op is switched off before DeepSpeed's backend is built: it is a JIT
-    compile (~77 s fresh) used only by inference all-reduce (DESIGN 4 pitfalls). ``LOCAL_SIZE`` is
+    compile (~77 s fresh) used only by inference all-reduce (docs/design.md §4 pitfalls). ``LOCAL_SIZE`` is
     deliberately left unset (else it leaks /dev/shm buffers).
     """
     import deepspeed

@@ -1,4 +1,4 @@
-"""GSPO loss math (DESIGN 4) as pure functions on tensors: no Ray, no DeepSpeed, no model.
+"""GSPO loss math (docs/design.md §4) as pure functions on tensors: no Ray, no DeepSpeed, no model.
 
 Shapes: ``B`` sequences (completions), ``T`` completion tokens (right-padded), ``N`` prompts with
 ``G`` completions each. Every loss returns ``(loss, metrics)`` where ``loss`` is a scalar tensor
@@ -23,7 +23,7 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 ADV_EPS = 1e-6
-"""``A = (r - mean) / (std + ADV_EPS)`` as in DESIGN 4."""
+"""``A = (r - mean) / (std + ADV_EPS)`` as in docs/design.md §4."""
 ADVANTAGE_SCALES = ("std", "none")
 """`group_advantages` scales: divide by the group's reward std (GRPO/GSPO) or not (Dr. GRPO)."""
 ZERO_STD_TOL = 1e-8
@@ -81,7 +81,7 @@ def truncated_is_weights(old_logp: Tensor, behaviour_logp: Tensor, mask: Tensor,
     """Truncated sequence-level importance weight ``w_i = min(exp(mean_t(old - behav)), cap)``.
 
     Corrects for samples drawn by a stale policy version or by an engine whose numerics differ from
-    the learner's (DESIGN 4, off-policy correction). Detached: weights scale the loss, they are not
+    the learner's (docs/design.md §4, off-policy correction). Detached: weights scale the loss, they are not
     optimised. Returns ``[B]``.
     """
     with torch.no_grad():

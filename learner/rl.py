@@ -1,4 +1,4 @@
-"""One GSPO update on a rank's shard of a rollout batch (DESIGN 4).
+"""One GSPO update on a rank's shard of a rollout batch (docs/design.md §4).
 
 Order of work, the fix of the reference code's defect: ``log pi_old`` is computed ONCE for the whole
 shard with the weights the batch starts from (no grad; minibatch 0 reuses its own first forward), then

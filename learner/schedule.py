@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup then cosine decay (DESIGN 4), as a pure function of the step.
+"""Learning-rate schedule: linear warmup then cosine decay (docs/design.md §4), as a pure function of the step.
 
 Used through ``torch.optim.lr_scheduler.LambdaLR`` so DeepSpeed checkpoints its position
 (``last_epoch``) and an exact resume continues the same curve.

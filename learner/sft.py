@@ -1,4 +1,4 @@
-"""Cold-start SFT on the learner's DeepSpeed engine (DESIGN 5): loss on target tokens only.
+"""Cold-start SFT on the learner's DeepSpeed engine (docs/design.md §5): loss on target tokens only.
 
 An example is a dict of tensors for ONE sequence (batch of 1): ``input_ids``, ``attention_mask``,
 ``labels`` (``-100`` on prompt and padding, the token id on target tokens
@@ -25,7 +25,7 @@ _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_g
 
 
 def target_text(reasoning: str, answer: str) -> str:
-    """The SFT target of DESIGN 5 (the caller appends the end-of-turn token)."""
+    """The SFT target of docs/design.md §5 (the caller appends the end-of-turn token)."""
     return f"<think>{reasoning}</think>\n<answer>{answer}</answer>"
 
 

@@ -1,4 +1,4 @@
-"""The cold-start SFT loop (DESIGN 5) over any learner with the LearnerGroup interface.
+"""The cold-start SFT loop (docs/design.md §5) over any learner with the LearnerGroup interface.
 
 Data comes in through one small callable, ``train_batch(step) -> list[example]``: the data cursor is
 the step itself, so a resumed run asks for exactly the batches an uninterrupted one would have

@@ -5,7 +5,7 @@ Scores, all written to `<out>/metrics.json` (predictions to `<out>/predictions.j
   before/after comparison cannot be faked by the curriculum loosening;
 - optionally (`sampled=k`) the same at the training temperature: the mean over k seeded samples per
   prompt (`eval_sampled/...`). This is the quantity RL maximises, E_{y~pi}[r]; greedy decoding only
-  sees the policy's mode, so a policy that got better on average can score the same greedily (DESIGN 11);
+  sees the policy's mode, so a policy that got better on average can score the same greedily (docs/design.md §11);
 - V-STAR metrics for the spatio-temporal items, on the V-STAR protocol's two chains: besides the
   held-out answer (the "what"), each item gets one prompt per chain asking its questions in the
   chain's order (chain 1 what → when → where, chain 2 what → where → when). A chain's "when" is the

@@ -1,6 +1,6 @@
-"""The canonical metric names of DESIGN section 11 (pure Python, no Ray import).
+"""The canonical metric names of docs/design.md §11 (pure Python, no Ray import).
 
-Code registers each metric with ``ray.util.metrics`` under its DESIGN name with ``/`` replaced by
+Code registers each metric with ``ray.util.metrics`` under its canonical name (docs/design.md §11) with ``/`` replaced by
 ``_`` (``rollout/tokens_per_s`` -> ``rollout_tokens_per_s``); Ray exports it to Prometheus with a
 ``ray_`` prefix (``ray_rollout_tokens_per_s``), which is what :func:`prometheus_name` returns and
 what ``k8s/grafana-dashboard.json`` queries. ``reward/latency_s`` is a histogram (exported as
@@ -37,13 +37,13 @@ METRIC_NAMES: tuple[str, ...] = (
 
 
 SHARD_OWNED: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n in SHARD_METRICS)
-"""DESIGN 11 names the reward shards export (tag `shard`): the service's request rate and latency."""
+"""docs/design.md §11 names the reward shards export (tag `shard`): the service's request rate and latency."""
 
 DRIVER_OWNED: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n not in SHARD_METRICS)
-"""DESIGN 11 names the RL driver exports. One owner per name: a name registered by two processes
+"""docs/design.md §11 names the RL driver exports. One owner per name: a name registered by two processes
 with different tags or buckets makes every dashboard sum mix them."""
 
 
 def prometheus_name(name: str) -> str:
-    """The name Prometheus sees for DESIGN metric ``name``: ``ray_`` + ``name`` with ``/`` -> ``_``."""
+    """The name Prometheus sees for canonical metric ``name``: ``ray_`` + ``name`` with ``/`` -> ``_``."""
     return "ray_" + name.replace("/", "_")

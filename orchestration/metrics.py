@@ -2,7 +2,7 @@
 Prometheus through ``ray.util.metrics`` (when running inside a Ray cluster).
 
 The orchestrator calls :meth:`MetricsSink.log` once per step with a flat ``{name: value}`` dict whose
-keys are DESIGN 11 names (``rollout/tokens_per_s`` ...). Values that are not finite numbers are
+keys are docs/design.md §11 names (``rollout/tokens_per_s`` ...). Values that are not finite numbers are
 dropped from Prometheus and wandb but kept as ``null`` in the JSONL, so a NaN is visible, not lost.
 Secrets never reach the run directory: the wandb key is read by wandb from its own environment.
 """
@@ -21,9 +21,9 @@ from stgrl.orchestration.metric_names import DRIVER_OWNED
 
 log = logging.getLogger(__name__)
 
-# DESIGN 11 metrics that carry a tag instead of being separate names.
+# docs/design.md §11 metrics that carry a tag instead of being separate names.
 TAGGED = {"pipeline/idle_ratio": ("pool",)}
-HISTOGRAMS: dict[str, list[float]] = {}  # the one DESIGN 11 histogram, reward/latency_s, is the shards'
+HISTOGRAMS: dict[str, list[float]] = {}  # the one docs/design.md §11 histogram, reward/latency_s, is the shards'
 
 
 def ray_metric_name(name: str) -> str:
@@ -32,7 +32,7 @@ def ray_metric_name(name: str) -> str:
 
 
 class PrometheusExporter:
-    """Registers the driver's DESIGN 11 metrics (`DRIVER_OWNED`) with ``ray.util.metrics`` and sets
+    """Registers the driver's docs/design.md §11 metrics (`DRIVER_OWNED`) with ``ray.util.metrics`` and sets
     gauges from a step dict. The reward shards' names (`SHARD_OWNED`) are left to the shards: the
     driver's per-step values of those stay in metrics.jsonl.
 

@@ -51,7 +51,7 @@ def worker_failure(err: BaseException) -> str:
 
 
 def proximity_sigma(step: int, total_steps: int, sigma0: float, sigma_min: float) -> float:
-    """σ(p) = max(σ_min, σ_0 (1 - p)), p = (step + 1) / total_steps (DESIGN 3), for the report."""
+    """σ(p) = max(σ_min, σ_0 (1 - p)), p = (step + 1) / total_steps (docs/design.md §3), for the report."""
     p = (step + 1) / max(1, total_steps)
     return max(sigma_min, sigma0 * (1.0 - p))
 

@@ -1,4 +1,4 @@
-"""The SFT driver (cold start, DESIGN 5): prepared examples -> learner ranks, held-out loss, HF export.
+"""The SFT driver (cold start, docs/design.md §5): prepared examples -> learner ranks, held-out loss, HF export.
 
 The driver decodes each video once (LRU cache) and builds prompt + target examples with labels only
 on the target; learner ranks (the same DeepSpeed engine code as RL) train on even shards. The

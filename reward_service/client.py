@@ -1,7 +1,7 @@
 """Client of the sharded reward service: spreads batches over shards, enforces a deadline per request,
 retries elsewhere, and never loses or double-counts a sample.
 
-Guarantees of `RewardClient.score` (DESIGN 3, "Reward service contract"):
+Guarantees of `RewardClient.score` (docs/design.md §3, "Reward service contract"):
 - every sample gets exactly one Score, returned in input order; samples are deduplicated by id (a
   repeated id is scored once and its Score returned at every position);
 - a request not answered within `cfg.deadline_s` is re-sent to another shard; every request then

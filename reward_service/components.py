@@ -1,4 +1,4 @@
-"""The reward components of DESIGN 3, as pure functions of a parsed completion and its ground truth.
+"""The reward components of docs/design.md §3, as pure functions of a parsed completion and its ground truth.
 
 Every function returns a float in [0, 1] and never raises on any completion text; the ground truth
 is trusted to be well-typed (the `ScoringSample` decoder checks it) but may be empty.

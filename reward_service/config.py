@@ -1,4 +1,4 @@
-"""Reward options (DESIGN 3). Pure msgspec: importable without torch, Ray or ZeroMQ."""
+"""Reward options (docs/design.md §3). Pure msgspec: importable without torch, Ray or ZeroMQ."""
 
 from __future__ import annotations
 

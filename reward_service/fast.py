@@ -1,4 +1,4 @@
-"""The reward's hot path: the components of DESIGN 3 computed per task, with the ground truth
+"""The reward's hot path: the components of docs/design.md §3 computed per task, with the ground truth
 prepared once per group.
 
 `components.py` defines every component as its own small function of a parsed completion and the raw

@@ -1,4 +1,4 @@
-"""Box and interval overlap, and the one-to-one box matching of the spatial reward (DESIGN 3).
+"""Box and interval overlap, and the one-to-one box matching of the spatial reward (docs/design.md §3).
 
 Pure Python on purpose: a claim has a handful of boxes, and numpy/scipy call overhead (~10 µs)
 would dominate. Matching is exact: tiny problems (the common case) are solved by enumeration,

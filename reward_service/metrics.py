@@ -1,6 +1,6 @@
 """Shard metrics: pure bookkeeping (`ShardStats`) and its export through `ray.util.metrics`.
 
-Design names (DESIGN 11) use `/`; Prometheus names cannot, and `ray.util.metrics` silently discards
+Design names (docs/design.md §11) use `/`; Prometheus names cannot, and `ray.util.metrics` silently discards
 a metric with an invalid name. `prometheus_name` is the one mapping:
 
 | design name | Prometheus name | kind |

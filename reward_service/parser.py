@@ -1,4 +1,4 @@
-"""Parser of the completion grammar (DESIGN 2.3), linear-time on any input.
+"""Parser of the completion grammar (docs/design.md §2.3), linear-time on any input.
 
 ```
 <think> ... <obj>red car</obj><box>[x1,y1,x2,y2]</box>at<t>5.0</t>s ... </think>

@@ -1,4 +1,4 @@
-"""Per-sample routing and the weighted total (DESIGN 3): the pure core the service and CLI wrap.
+"""Per-sample routing and the weighted total (docs/design.md §3): the pure core the service and CLI wrap.
 
 **[fix]** Every sample is routed by its *own* task; the reference routes a whole batch by the task
 of its first sample. The completion is parsed once and every component reads that parse.

@@ -1,4 +1,4 @@
-"""Socket creation for the reward service, in one function so security (CurveZMQ, DESIGN 6) is applied
+"""Socket creation for the reward service, in one function so security (CurveZMQ, docs/design.md §6) is applied
 at one place. Shards bind to loopback by default; binding anywhere else requires the run's CURVE keys
 (`stgrl.actors.security`): the shard becomes an authenticated CURVE server and clients must present
 the run's key pair."""

@@ -1,4 +1,4 @@
-"""What a reward request and its answer look like (DESIGN 3, "Reward service contract").
+"""What a reward request and its answer look like (docs/design.md §3, "Reward service contract").
 
 These Structs are both the pure API (`score_sample`) and the wire schema of the sharded service:
 one definition, so the offline CLI, the shards and the trainer cannot drift apart. New fields only

@@ -1,4 +1,4 @@
-"""Rollout, model and data options (DESIGN 2, 7, 8). Pure msgspec: no torch at import."""
+"""Rollout, model and data options (docs/design.md §2, 7, 8). Pure msgspec: no torch at import."""
 
 from __future__ import annotations
 

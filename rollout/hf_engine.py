@@ -1,4 +1,4 @@
-"""HF transformers rollout engine: batched ``generate`` (CPU default, the embedded demo; DESIGN 7).
+"""HF transformers rollout engine: batched ``generate`` (CPU default, the embedded demo; docs/design.md §7).
 
 The prompt is processed once by the data pipeline and sampled G times in one ``generate`` call with
 ``num_return_sequences=G``: transformers encodes the frames once and expands features and text tensors
@@ -8,7 +8,7 @@ times, ``image_grid_thw`` repeated) that the tests check it against.
 Behaviour log-probs come from ``output_logits`` (the raw logits, before any logits processor), as
 ``log_softmax(logits / T)`` at the sampled token — the convention of ``stgrl.rollout.engine`` and of
 the learner's ``completion_logprobs``. Sampling itself does use the processors: temperature, top-p,
-and the suppression of the vision special tokens (DESIGN 2.2: a sampled ``<|video_pad|>`` breaks the
+and the suppression of the vision special tokens (docs/design.md §2.2: a sampled ``<|video_pad|>`` breaks the
 learner's re-forward), so suppressed tokens are never sampled but do not renormalise the log-probs.
 """
 

@@ -1,4 +1,4 @@
-"""The one prompt builder for SFT, RL and eval (DESIGN 2.2, 2.3; docs/conventions.md).
+"""The one prompt builder for SFT, RL and eval (docs/design.md §2.2, 2.3; docs/conventions.md).
 
 Each shown frame is its own image, labelled with its true time: `Frame 2 at 0.5s: <image>`. The
 system prompt teaches the output grammar in as few tokens as possible (the tiny model has a short
@@ -97,7 +97,7 @@ def normalized_boxes_to_pixels(text: str, frame_size: tuple[int, int]) -> str:
 
 
 def answer_text(record: Record, frame_size: tuple[int, int]) -> str:
-    """The `<answer>` body in the output grammar (DESIGN 2.1, 2.3).
+    """The `<answer>` body in the output grammar (docs/design.md §2.1, 2.3).
 
     temporal: `<t>S</t>s to <t>E</t>s` from `span`; the MCQ form (record answer `"X\\n[s, e]"`)
     puts `Correct Option: X` on the first line, where the reward's option parser looks.
@@ -117,7 +117,7 @@ def answer_text(record: Record, frame_size: tuple[int, int]) -> str:
 
 
 def target_text(record: Record, frame_size: tuple[int, int]) -> str:
-    """SFT target: `<think>{reasoning}</think>\\n<answer>{answer}</answer>` (DESIGN 5)."""
+    """SFT target: `<think>{reasoning}</think>\\n<answer>{answer}</answer>` (docs/design.md §5)."""
     reasoning = record.reasoning
     if record.box_space == "normalized":
         reasoning = normalized_boxes_to_pixels(reasoning, frame_size)

@@ -1,4 +1,4 @@
-"""Video → model input (DESIGN 2.2): sample frames at a target fps with their TRUE timestamps,
+"""Video → model input (docs/design.md §2.2): sample frames at a target fps with their TRUE timestamps,
 run the processor once per prompt on the frames as per-frame images, cache decodes.
 
 `sample_frame_indices` is the one sampling rule: the synthetic generator calls it too, so the
@@ -269,7 +269,7 @@ def prepare_sft_example(
     cache: VideoCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for prompt + target (`<think>{reasoning}</think>\\n<answer>{answer}</answer>`
-    then `<|im_end|>`), with `labels` masked to -100 on the prompt (DESIGN 5). Boxes stored
+    then `<|im_end|>`), with `labels` masked to -100 on the prompt (docs/design.md §5). Boxes stored
     normalized in the record text are converted to the resized frame's pixels first."""
     prepared = prepare_prompt(record, processor, data_cfg, dataset_dir, cache)
     return sft_tensors(prepared, processor, target_text(record, prepared.frame_size))

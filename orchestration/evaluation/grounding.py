@@ -34,7 +34,7 @@ ClaimTuple = tuple[str, Sequence[Sequence[float] | None], float | None]
 
 
 class GroundTruth(msgspec.Struct, frozen=True):
-    """One sample's spatial ground truth (DESIGN 2.1) plus the frame size the claims' pixels refer to.
+    """One sample's spatial ground truth (docs/design.md §2.1) plus the frame size the claims' pixels refer to.
 
     ``key_items`` boxes are normalized; ``key_times`` maps ``str(idx)`` of each key frame to its time.
     """

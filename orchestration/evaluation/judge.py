@@ -61,7 +61,7 @@ def option_letter(text: str, options: Sequence[str] | None = None) -> str | None
 class DeterministicJudge:
     """Option match / normalized exact match / ROUGE-L F1 ≥ ``rouge_threshold``.
 
-    The ROUGE scorer (with stemming, as DESIGN 12) is built once per judge, not per answer.
+    The ROUGE scorer (with stemming, as docs/design.md §12) is built once per judge, not per answer.
     """
 
     def __init__(self, rouge_threshold: float = 0.5) -> None:

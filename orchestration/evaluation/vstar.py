@@ -1,4 +1,4 @@
-"""V-STAR metrics (What / When / Where on two reasoning chains), as DESIGN 9.
+"""V-STAR metrics (What / When / Where on two reasoning chains), as docs/design.md §9.
 
 Inputs are the benchmark's annotation list plus our predictions (:class:`VStarPrediction`), or the
 reference evaluator's single merged list (annotation fields and ``answer_*`` fields in one object,

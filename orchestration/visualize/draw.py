@@ -80,7 +80,7 @@ class GridLayout:
 # ------------------------------------------------------------------------------------------ frames
 def sample_indices(num_frames: int, native_fps: float, fps: float = 2.0, min_frames: int = 4,
                    max_frames: int = 16) -> list[int]:
-    """Frame indices the rollout's sampler would show (DESIGN 2.2): the one rule, reused."""
+    """Frame indices the rollout's sampler would show (docs/design.md §2.2): the one rule, reused."""
     from stgrl.rollout.video import sample_frame_indices
 
     return sample_frame_indices(num_frames, native_fps, fps, min_frames, max_frames)

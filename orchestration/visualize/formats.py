@@ -22,7 +22,7 @@ class PredictionLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     - ``frame_times``: the true time (s) of each frame the model was shown, in order.
     - ``frame_size``: ``(W, H)`` of those frames after the processor's resize — the pixel space of the
       boxes the model writes.
-    - ``record``: the dataset record (DESIGN 2.1) or None; ``dataset_dir``: the folder its relative
+    - ``record``: the dataset record (docs/design.md §2.1) or None; ``dataset_dir``: the folder its relative
       ``video_path``/``image_path`` resolve against (default: the predictions file's folder).
     - ``scores``: optional per-component rewards or metrics, shown on the HTML card.
     """

@@ -1,4 +1,4 @@
-"""Datasets: the record format (DESIGN 2.1), a validating reader, the synthetic "shapes" generator
+"""Datasets: the record format (docs/design.md §2.1), a validating reader, the synthetic "shapes" generator
 and the importer of the public STGR annotations. Nothing heavy is imported here.
 
 Public entry points (import them from their modules):

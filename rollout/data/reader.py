@@ -1,5 +1,5 @@
 """Read a JSONL dataset: every line validated as a `Record`; bad lines and missing or corrupt
-media are reported with file and line, counted by reason and skipped — never fatal (DESIGN 2.1)."""
+media are reported with file and line, counted by reason and skipped — never fatal (docs/design.md §2.1)."""
 
 from __future__ import annotations
 

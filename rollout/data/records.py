@@ -1,4 +1,4 @@
-"""The training record of DESIGN 2.1 as a validated msgspec Struct.
+"""The training record of docs/design.md §2.1 as a validated msgspec Struct.
 
 One record is one question about one video (or one still image for `spatial`). Text fields and lists
 have the maxima of `stgrl.rollout.data.limits` (a 100 KB question is refused here). Validation happens
@@ -34,7 +34,7 @@ class KeyFrame(Struct, forbid_unknown_fields=True):
 
 
 class Record(Struct, forbid_unknown_fields=True, kw_only=True):
-    """One dataset sample (DESIGN 2.1).
+    """One dataset sample (docs/design.md §2.1).
 
     `box_space` says in which coordinates the boxes written inside `reasoning` (and a spatial
     `answer`) are: ``"pixels"`` = pixels of the frame the model is shown after the processor's

@@ -1,4 +1,4 @@
-"""Import the public Open-o3 Video STGR annotations into our record format (DESIGN 2.1).
+"""Import the public Open-o3 Video STGR annotations into our record format (docs/design.md §2.1).
 
 STGR items carry `task`, `question`, `answer`, `video_path`/`image_path`, `key_frames`
 [{idx, time, path}], `key_items` {str(idx): {object: [[x1,y1,x2,y2], …]}} (normalized),

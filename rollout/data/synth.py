@@ -1,4 +1,4 @@
-"""The synthetic "shapes" dataset (DESIGN 8): fixed splits on disk, or an endless stream.
+"""The synthetic "shapes" dataset (docs/design.md §8): fixed splits on disk, or an endless stream.
 
 Sample `i` of split `s` draws everything from its own RNG seeded by `(seed, s, i)`: the same seed
 gives the same records and the same video bytes, samples are independent of each other (a split
@@ -79,7 +79,7 @@ def write_media(sample: Sample, out_dir: Path) -> None:
 
 
 def vstar_item(sample: Sample, difficulty: str) -> dict | None:
-    """The sample in the V-STAR annotation format (DESIGN 9), for spatio_temporal samples: what
+    """The sample in the V-STAR annotation format (docs/design.md §9), for spatio_temporal samples: what
     (the question), when (`temporal_question`, `timestamps`) and where (`bboxes`, native pixels)
     for both chains (chain 1 what→when→where, chain 2 what→where→when)."""
     v = sample.draft.vstar
@@ -199,7 +199,7 @@ def iter_samples(
     split: str = "stream",
     start: int = 0,
 ) -> Iterator[Record]:
-    """Fresh samples without end (DESIGN 8): sample `start`, `start+1`, … of stream `split`, each
+    """Fresh samples without end (docs/design.md §8): sample `start`, `start+1`, … of stream `split`, each
     with its media written under `out_dir` before it is yielded (record paths are relative to
     `out_dir`). Resumable: pass the count already consumed as `start`. The caller owns cleanup."""
     data_cfg = data_cfg or DataConfig()

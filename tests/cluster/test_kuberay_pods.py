@@ -194,7 +194,7 @@ def panel_queries(dashboard: dict, cluster: str) -> dict[str, str]:
 
 
 def owner_queries() -> dict[str, str]:
-    """For each DESIGN 11 name: which pod groups export its series (one owner each)."""
+    """For each docs/design.md §11 name: which pod groups export its series (one owner each)."""
     out = {}
     for name in METRIC_NAMES:
         prom = prometheus_name(name) + ("_count" if name == "reward/latency_s" else "")

@@ -1,4 +1,4 @@
-"""Offline checks of the Kubernetes manifests in ``k8s/`` (DESIGN 10, 11; issue 11 "Must show").
+"""Offline checks of the Kubernetes manifests in ``k8s/`` (docs/design.md §10, 11; issue 11 "Must show").
 
 * Every RayCluster / RayJob (the files in ``k8s/`` and the rendered overlays) validates against the
   vendored KubeRay CRDs in ``<repo>/../shared/kuberay-crds`` with unknown keys rejected, and passes the
@@ -37,7 +37,7 @@ K8S = REPO / "k8s"
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
 OVERLAYS = ("demo-cpu", "qwen7b-8gpu")
 CODE_DIRS = ("actors", "rollout", "reward_service", "learner", "orchestration")
-# Pool -> the worker group that offers its custom resource (DESIGN 1, 10).
+# Pool -> the worker group that offers its custom resource (docs/design.md §1, 10).
 POOLS = {"rollout": "rollout-gpu", "learner": "learner-gpu", "reward": "reward-cpu"}
 GPU_GROUPS = ("rollout-gpu", "learner-gpu")
 GPU_KEY = "nvidia.com/gpu"
@@ -829,7 +829,7 @@ def test_dashboard_queries_only_registered_metrics():
     used = {m for q in queries for m in metric_names_in(q)}
     assert used, "dashboard queries no ray_ metric"
     assert not unknown_metrics(queries), f"dashboard queries metrics the code never registers: {unknown_metrics(queries)}"
-    # ... and shows every DESIGN 11 metric.
+    # ... and shows every docs/design.md §11 metric.
     shown = {u.removesuffix(s) for u in used for s in ("", *HISTOGRAM_SUFFIXES) if u.endswith(s)}
     missing = {n for n in METRIC_NAMES if prometheus_name(n) not in shown}
     assert not missing, f"no dashboard panel for {sorted(missing)}"

@@ -1,6 +1,6 @@
 """The whole loop on the embedded default: real Ray actors, real ZeroMQ, real DeepSpeed, real decoded
 video. A short SFT, then a few RL steps in sync and in async mode; each step's ledger shows every
-prompt trained once, the metrics file holds every DESIGN 11 metric, and the checkpoints load."""
+prompt trained once, the metrics file holds every docs/design.md §11 metric, and the checkpoints load."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_sft_then_rl_sync_and_async(ray_cluster, workspace, tmp_path):
         rows = read_metrics(rd / "metrics.jsonl")
         assert [r["step"] for r in rows] == [0, 1, 2]
         missing = set(METRIC_NAMES) - _metric_keys(rows)
-        assert not missing, f"metrics.jsonl lacks DESIGN 11 metrics {sorted(missing)}"
+        assert not missing, f"metrics.jsonl lacks docs/design.md §11 metrics {sorted(missing)}"
         # the engine and the learner see the same pixels and weights: behaviour log-probs match
         assert all(r["learner/logprob_gap"] < 1e-3 for r in rows)
         assert rows[-1]["policy_version"] == 3

@@ -1,4 +1,4 @@
-"""Hand-computed values for every reward component, the [fix] cases of DESIGN 3, routing and totals."""
+"""Hand-computed values for every reward component, the [fix] cases of docs/design.md §3, routing and totals."""
 
 from __future__ import annotations
 
