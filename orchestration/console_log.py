@@ -33,7 +33,8 @@ CHATTER = ("stgrl.actors", "stgrl.learner", "stgrl.reward_service", "stgrl.rollo
            "stgrl.rollout.vllm_engine", "stgrl.orchestration.rl_loop", "stgrl.orchestration.sft_loop",
            "stgrl.orchestration.ray_setup", "stgrl.orchestration.report", "stgrl.orchestration.metrics",
            OUTPUT_LOGGER, "stgrl.orchestration.jobs.output")
-"""Loggers whose INFO lines are per-step or per-actor chatter: log files only (warnings still show)."""
+"""Loggers whose INFO lines are per-step or per-actor chatter: log files only (warnings still show, and
+so does a line logged with ``extra={"console": True}``)."""
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -66,7 +67,8 @@ class QuietFilter(logging.Filter):
         elif record.levelno >= logging.WARNING:
             keep = ours
         elif record.levelno >= logging.INFO:
-            keep = ours and not _is_chatter(record.name)
+            # `extra={"console": True}`: a chatty module's line a user must see (a run resumed, ...)
+            keep = ours and (getattr(record, "console", False) or not _is_chatter(record.name))
         else:
             keep = False
         if not keep:

@@ -137,7 +137,8 @@ class RLDriver:
             self.start_step = int(state["step"]) + 1
             self.version = int(state["policy_version"])
             truncate_after(self.run_dir, self.start_step)
-            log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version)
+            log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version,
+                     extra={"console": True})
         self.publisher = WeightPublisher(tcfg, self.keys)
         self._publish_weights()
         self.receiver = TrajectoryReceiver(tcfg, self.keys, auto_commit=True)

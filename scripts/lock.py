@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -78,9 +79,12 @@ def resolve(python: str, constraints: list[Path], extras: str) -> dict[str, str]
 
 
 def installed() -> dict[str, str]:
-    """``{canonical name: version}`` of every distribution in the running interpreter's environment."""
+    """``{canonical name: version}`` of every distribution installed in the running environment."""
     out: dict[str, str] = {}
-    for dist in metadata.distributions():
+    # This environment's own site-packages only: a test (or a .pth file) may put other folders with
+    # distributions on sys.path, and those are not what `make setup` installed.
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    for dist in metadata.distributions(path=paths):
         name = dist.metadata["Name"]
         if name:
             out[canonical(name)] = dist.version

@@ -131,6 +131,10 @@ def test_quiet_filter_keeps_narrative_and_warnings_once():
     assert f.filter(died)
     assert not f.filter(_record("stgrl.orchestration.rl_loop", logging.WARNING, "rollout worker 1 died during step 4"))
     assert f.filter(_record("stgrl.orchestration.rl_loop", logging.WARNING, "rollout worker 0 died during step 9"))
+    resumed = _record("stgrl.orchestration.rl_loop", logging.INFO, "resumed from checkpoint: next step 3")
+    assert not f.filter(resumed)  # a chatty module's INFO ...
+    resumed.console = True
+    assert f.filter(resumed)  # ... unless it is marked for the console
 
 
 def test_job_lines_lose_their_timestamp_and_ray_lines_go_to_the_file(caplog):
