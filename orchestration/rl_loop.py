@@ -178,7 +178,7 @@ class RLDriver:
             try:
                 ray.get(ref)
                 self._unavailable_since.pop(i, None)
-                log.info("rollout worker %d joined the pool", i)
+                log.info("rollout worker %d joined the pool", i, extra={"console": True})
             except ActorUnavailableError as e:
                 if self.cfg.rollout.elastic:  # no restarts in an elastic pool: its node is gone
                     self._removed.add(i)
