@@ -37,7 +37,7 @@ from stgrl.reward_service.components import (
 )
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.geometry import ENUMERATION_LIMIT, box_iou, clamp_box, interval_iou, match_score
-from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes
+from stgrl.reward_service.nearest import SCAN_BELOW, NearestTimes, nearest_plain
 from stgrl.reward_service.parser import (
     _BOX_TAG,
     _MISSING,
@@ -218,17 +218,6 @@ def _accuracy(text: str, answer: Span, truth: Truth) -> float:
     return v
 
 
-def _nearest(t: float, times: list[float]) -> tuple[int, float]:
-    """(position, distance) of the first nearest key-frame time (`components._nearest`)."""
-    best = 0
-    d = abs(t - times[0])
-    for k in range(1, len(times)):
-        dk = abs(t - times[k])
-        if dk < d:
-            best, d = k, dk
-    return best, d
-
-
 def _claim_spatial(claim: RawClaim, frame: FrameTruth, truth: Truth, by_name: bool) -> float:
     """`components.claim_score` after the gate: matching in the claim's nearest key frame, whose
     ground truth `frame` is not empty. The claim's boxes are read only here, once its object is known
@@ -359,7 +348,7 @@ def _proximity_and_spatial(claims: list[RawClaim], text: str, think: Span, truth
         if n_times >= SCAN_BELOW:
             k, d = truth.nearest(t)  # many key frames: O(log n), not a scan per claim
         else:
-            k = 0  # _nearest(t, times), inlined (hot)
+            k = 0  # nearest_plain(t, times), inlined (hot)
             d = abs(t - t0)
             for i in range(1, n_times):
                 di = abs(t - times[i])
@@ -399,7 +388,7 @@ def _mean_proximity(ts: list[float | None], truth: Truth, den: float) -> float:
         if t is None:
             out.append(0.0)
         else:
-            d = (truth.nearest(t) if len(truth.times) >= SCAN_BELOW else _nearest(t, truth.times))[1]
+            d = (truth.nearest(t) if len(truth.times) >= SCAN_BELOW else nearest_plain(t, truth.times))[1]
             out.append(math.exp(-(d * d) / den))
     p = sum(out) / len(ts)
     return 0.0 if not p > 0.0 else (1.0 if p > 1.0 else p)
