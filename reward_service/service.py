@@ -66,7 +66,7 @@ def start_reward_service(num_shards: int, cfg: RewardConfig, *, num_cpus: float 
     client = RewardClient(handles, cfg, lookup_timeout_s=start_timeout_s, keys=keys)
     # the addresses the shards advertise: on a multi-pod cluster each must be its pod's IP
     addresses = ray.get([h.address.remote() for h in handles], timeout=start_timeout_s)
-    log.info("reward service up: %d shard(s) at %s", num_shards, ", ".join(addresses))
+    log.info("reward service up: %d shard(s) at %s", num_shards, ", ".join(addresses), extra={"console": True})
     return handles, client
 
 
