@@ -7,7 +7,7 @@ about the distribution lives in ``pyproject.toml``.
 
 from setuptools import find_packages, setup
 
-FOLDERS = ("actors", "rollout", "reward_service", "learner", "orchestration", "k8s")
+FOLDERS = ("transport", "actors", "rollout", "reward_service", "learner", "orchestration", "k8s")
 
 packages = ["stgrl"]
 package_dir = {"stgrl": "stgrl"}

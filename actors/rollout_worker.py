@@ -29,15 +29,15 @@ import msgspec
 import ray
 import torch
 
-from stgrl.actors.config import TransportConfig
-from stgrl.actors.security import CurveKeys
-from stgrl.actors.wire import Completion, TrajectoryGroup
 from stgrl.reward_service.types import KeyFrame, ScoringSample
 from stgrl.rollout.config import DataConfig, RolloutConfig
 from stgrl.rollout.data.records import Record
 from stgrl.rollout.engine import EnginePrompt, RolloutEngine, SamplingSpec, build_engine
 from stgrl.rollout.video import MediaError, PreparedPrompt, VideoCache, prepare_prompt, record_media
 from stgrl.rollout.video import _size_kwargs as image_size_kwargs
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.security import CurveKeys
+from stgrl.transport.wire import Completion, TrajectoryGroup
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,12 @@ class RolloutWorkerImpl:
         self._subscriber = None
         self._sender = None
         if spec.weights_address is not None:
-            from stgrl.actors.weight_channel import WeightSubscriber
+            from stgrl.transport.weight_channel import WeightSubscriber
 
             self._subscriber = WeightSubscriber(spec.weights_address, spec.transport, spec.curve_keys,
                                                 server_public=spec.server_public, subscriber_id=spec.worker_id)
         if spec.trajectories_address is not None:
-            from stgrl.actors.trajectory_channel import TrajectorySender
+            from stgrl.transport.trajectory_channel import TrajectorySender
 
             self._sender = TrajectorySender(spec.trajectories_address, spec.transport, spec.curve_keys,
                                             server_public=spec.server_public)

@@ -11,7 +11,7 @@ Measures
   measure their cost). Best of ``--repeats`` syncs against a memcpy of the same bytes into a
   preallocated, touched buffer in the same actor, one torch thread, measured right before each sync.
   The time to the verified state dict without the load (``pull``) is reported too.
-- msgspec (`stgrl.actors.wire`) vs pickle encode+decode of a realistic trajectory group, with and
+- msgspec (`stgrl.transport.wire`) vs pickle encode+decode of a realistic trajectory group, with and
   without its tensors. Pickle appears only here, as the baseline; actors never unpickle.
 - small-message (Control) round-trip latency p50/p99 over DEALER/ROUTER.
 
@@ -66,9 +66,9 @@ def _make_actors():
     import ray
     import torch
 
-    from stgrl.actors.endpoints import ClientSocket, ServerSocket
-    from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber
-    from stgrl.actors.wire import Control, decode, encode
+    from stgrl.transport.endpoints import ClientSocket, ServerSocket
+    from stgrl.transport.weight_channel import WeightPublisher, WeightSubscriber
+    from stgrl.transport.wire import Control, decode, encode
 
     @ray.remote(num_cpus=0)
     class Learner:
@@ -213,7 +213,7 @@ def bench_encoding(repeats: int) -> dict:
     """msgspec+frames vs pickle for one realistic trajectory group (G=8, 1k tokens each, 16 frames)."""
     import torch
 
-    from stgrl.actors.wire import Completion, KeyFrame, ScoringSample, TrajectoryGroup, decode, encode
+    from stgrl.transport.wire import Completion, KeyFrame, ScoringSample, TrajectoryGroup, decode, encode
 
     g = torch.Generator().manual_seed(0)
     completions = [Completion(token_ids=torch.randint(0, 150_000, (1024,), generator=g).tolist(),
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from stgrl.actors.config import TransportConfig
-    from stgrl.actors.security import CurveKeys, generate_keypair
+    from stgrl.transport.config import TransportConfig
+    from stgrl.transport.security import CurveKeys, generate_keypair
 
     base = Path(tempfile.mkdtemp(prefix="stgrl-bench-", dir="/tmp"))
     (base / "home").mkdir()

@@ -17,12 +17,12 @@ import msgspec
 import yaml
 from msgspec import Meta, Struct
 
-from stgrl.actors.config import TransportConfig
 from stgrl.explain import find_invalid
 from stgrl.learner.config import LearnerConfig, SFTConfig
 from stgrl.orchestration.config_yaml import load_yaml
 from stgrl.reward_service.config import RewardConfig
 from stgrl.rollout.config import DataConfig, ModelConfig, RolloutConfig, Seed
+from stgrl.transport.config import TransportConfig
 
 
 class RunConfig(Struct, forbid_unknown_fields=True, kw_only=True):

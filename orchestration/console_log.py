@@ -29,7 +29,7 @@ from typing import IO, Any
 OUTPUT_LOGGER = "stgrl.output"
 """Logger of captured stream output (actor lines, bars, library prints): files only unless -v."""
 
-CHATTER = ("stgrl.actors", "stgrl.learner", "stgrl.reward_service", "stgrl.rollout.hf_engine",
+CHATTER = ("stgrl.actors", "stgrl.transport", "stgrl.learner", "stgrl.reward_service", "stgrl.rollout.hf_engine",
            "stgrl.rollout.vllm_engine", "stgrl.orchestration.rl_loop", "stgrl.orchestration.sft_loop",
            "stgrl.orchestration.ray_setup", "stgrl.orchestration.report", "stgrl.orchestration.metrics",
            OUTPUT_LOGGER, "stgrl.orchestration.jobs.output")

@@ -113,11 +113,11 @@ class RLDriver:
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
-        from stgrl.actors.security import CurveKeys, generate_keypair, needs_curve
-        from stgrl.actors.trajectory_channel import TrajectoryReceiver
-        from stgrl.actors.weight_channel import WeightPublisher
         from stgrl.learner.actor import start_learner_group
         from stgrl.reward_service.service import start_reward_service
+        from stgrl.transport.security import CurveKeys, generate_keypair, needs_curve
+        from stgrl.transport.trajectory_channel import TrajectoryReceiver
+        from stgrl.transport.weight_channel import WeightPublisher
 
         cfg = self.cfg
         tcfg = cfg.transport
@@ -266,7 +266,7 @@ class RLDriver:
 
     def _drain(self, timeout_s: float) -> None:
         """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
-        from stgrl.actors.endpoints import TransportTimeout
+        from stgrl.transport.endpoints import TransportTimeout
 
         deadline = time.monotonic() + timeout_s
         while True:

@@ -28,11 +28,11 @@ from typing import Any
 import msgspec
 import zmq
 
-from stgrl.actors.security import CurveKeys
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.transport import create_socket
 from stgrl.reward_service.types import Score, ScoringSample
+from stgrl.transport.security import CurveKeys
 
 log = logging.getLogger(__name__)
 

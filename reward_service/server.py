@@ -14,13 +14,13 @@ import time
 import msgspec
 import zmq
 
-from stgrl.actors.security import CurveKeys, CurveServer
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import ShardStats
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.transport import DEFAULT_HOST, create_socket
 from stgrl.reward_service.types import TASKS, KeyFrame, ScoringSample
+from stgrl.transport.security import CurveKeys, CurveServer
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import ray
 
-from stgrl.actors.security import CurveKeys
 from stgrl.reward_service.client import RewardClient, RewardServiceError
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import RayMetricsExporter
 from stgrl.reward_service.server import ShardServer
 from stgrl.reward_service.transport import DEFAULT_HOST
+from stgrl.transport.security import CurveKeys
 
 __all__ = ["RewardClient", "RewardServiceError", "RewardShard", "start_reward_service", "stop_reward_service"]
 

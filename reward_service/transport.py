@@ -1,6 +1,6 @@
 """Socket creation for the reward service, in one function so security (CurveZMQ, docs/design.md §6) is applied
 at one place. Shards bind to loopback by default; binding anywhere else requires the run's CURVE keys
-(`stgrl.actors.security`): the shard becomes an authenticated CURVE server and clients must present
+(`stgrl.transport.security`): the shard becomes an authenticated CURVE server and clients must present
 the run's key pair."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import logging
 
 import zmq
 
-from stgrl.actors.advertise import endpoint
-from stgrl.actors.security import CurveKeys, CurveServer, apply_client, is_loopback
 from stgrl.reward_service.wire import MAX_MESSAGE_BYTES
+from stgrl.transport.advertise import endpoint
+from stgrl.transport.security import CurveKeys, CurveServer, apply_client, is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -28,7 +28,7 @@ def create_socket(ctx: zmq.Context, socket_type: int, *, bind_host: str | None =
     socket with `curve_keys` is a CURVE client of a server using the same run keys.
 
     Returns the socket and its endpoint (`tcp://host:port`): for a wildcard bind (`0.0.0.0`) the host is
-    this node's address (`stgrl.actors.advertise`), never the wildcard peers cannot connect to. Linger 0: a closing socket drops what it
+    this node's address (`stgrl.transport.advertise`), never the wildcard peers cannot connect to. Linger 0: a closing socket drops what it
     could not send (the client retries by deadline anyway) instead of blocking shutdown; messages over
     `MAX_MESSAGE_BYTES` are refused on receipt.
     """

@@ -10,7 +10,7 @@ with ``T = temperature`` (``T = 1`` when greedy, ``temperature == 0``). Nothing 
 top-p truncation, no suppressed special tokens. A teacher-forced forward of the same weights, pixels
 and tokens therefore reproduces it exactly (up to fp32 round-off).
 
-Completions are ``stgrl.actors.wire.Completion`` (``token_ids``, ``behaviour_logprobs``, ``text``,
+Completions are ``stgrl.transport.wire.Completion`` (``token_ids``, ``behaviour_logprobs``, ``text``,
 ``finish_reason`` in ``{"stop", "length"}``): the worker puts them on the wire as they are. ``token_ids``
 include the stop token when ``finish_reason == "stop"``, so the learner's teacher-forced pass sees
 exactly the tokens the policy sampled. transformers/vLLM load inside the engines only.
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from stgrl.actors.wire import Completion
 from stgrl.rollout.config import RolloutConfig
+from stgrl.transport.wire import Completion
 
 if TYPE_CHECKING:
     import numpy as np

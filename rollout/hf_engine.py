@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from stgrl.actors.wire import Completion
 from stgrl.rollout.engine import EnginePrompt, SamplingSpec, check_completion, named_tensors
+from stgrl.transport.wire import Completion
 
 logger = logging.getLogger(__name__)
 

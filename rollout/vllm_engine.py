@@ -38,7 +38,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from stgrl.actors.wire import Completion
 from stgrl.rollout.engine import EnginePrompt, SamplingSpec, check_completion, named_tensors
 from stgrl.rollout.vllm_inputs import (
     LM_HEAD,
@@ -47,6 +46,7 @@ from stgrl.rollout.vllm_inputs import (
     unexpanded_prompt_ids,
     with_tied_lm_head,
 )
+from stgrl.transport.wire import Completion
 
 if TYPE_CHECKING:
     import torch

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from stgrl.actors.wire import Completion
 from stgrl.rollout.engine import EnginePrompt, RolloutEngine, SamplingSpec
+from stgrl.transport.wire import Completion
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -36,7 +36,7 @@ K8S = REPO / "k8s"
 # The CI clone has shared/ as a sibling of the repository checkout.
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
 OVERLAYS = ("demo-cpu", "qwen7b-8gpu")
-CODE_DIRS = ("actors", "rollout", "reward_service", "learner", "orchestration")
+CODE_DIRS = ("transport", "actors", "rollout", "reward_service", "learner", "orchestration")
 # Pool -> the worker group that offers its custom resource (docs/design.md §1, 10).
 POOLS = {"rollout": "rollout-gpu", "learner": "learner-gpu", "reward": "reward-cpu"}
 GPU_GROUPS = ("rollout-gpu", "learner-gpu")

@@ -122,7 +122,7 @@ def _record(name: str, level: int, msg: str) -> logging.LogRecord:
 def test_quiet_filter_keeps_narrative_and_warnings_once():
     f = QuietFilter()
     assert f.filter(_record("stgrl.orchestration.demo", logging.INFO, "held-out evaluation after RL"))
-    assert not f.filter(_record("stgrl.actors.weight_channel", logging.INFO, "published weight version 3"))
+    assert not f.filter(_record("stgrl.transport.weight_channel", logging.INFO, "published weight version 3"))
     assert not f.filter(_record(OUTPUT_LOGGER, logging.INFO, "(RolloutWorkerImpl pid=1) Loading weights"))
     assert not f.filter(_record("py.warnings", logging.WARNING, "FutureWarning: all_gather_into_tensor"))
     assert not f.filter(_record("transformers.generation", logging.WARNING, "flags ['top_k'] not valid"))

@@ -111,7 +111,7 @@ def test_learner_placement_that_cannot_be_met_times_out_naming_it_and_is_release
 
 # --- static: every Ray wait in the control plane is bounded ----------------------------------------
 
-SCANNED = ("orchestration", "actors", "reward_service", "learner", "rollout")
+SCANNED = ("orchestration", "transport", "actors", "reward_service", "learner", "rollout")
 
 
 def unbounded_ray_waits(source: str) -> list[int]:

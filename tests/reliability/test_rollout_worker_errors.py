@@ -29,10 +29,10 @@ def workspace(tmp_path_factory):
 
 def _driver(root: Path, tmp_path: Path, model_path: Path):
     """An RLDriver with its weight and trajectory channels and one rollout worker, no learner."""
-    from stgrl.actors.trajectory_channel import TrajectoryReceiver
-    from stgrl.actors.weight_channel import WeightPublisher
     from stgrl.orchestration.rl_loop import RLDriver
     from stgrl.orchestration.stage_support import load_split
+    from stgrl.transport.trajectory_channel import TrajectoryReceiver
+    from stgrl.transport.weight_channel import WeightPublisher
 
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"model.path={model_path}", f"data.train={root / 'data' / 'train.jsonl'}", "metrics.wandb=false",

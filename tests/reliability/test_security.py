@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from stgrl.actors.security import needs_curve
 from stgrl.orchestration.config import load_config
+from stgrl.transport.security import needs_curve
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def test_local_ray_init_binds_loopback_and_never_disables_token_auth():
     assert kw["include_dashboard"] is False
     assert not any("auth" in k.lower() for k in kw) and "_system_config" not in kw
     assert "RAY_AUTH_MODE" not in actor_env(cfg)
-    hits = [str(p.relative_to(REPO)) for d in ("orchestration", "actors", "reward_service", "learner", "rollout", "k8s")
+    hits = [str(p.relative_to(REPO)) for d in ("orchestration", "transport", "actors", "reward_service", "learner", "rollout", "k8s")
             for p in (REPO / d).rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".sh")
             and "RAY_AUTH_MODE=disabled" in p.read_text(errors="replace").replace('"', "").replace(" ", "")]
     assert not hits, f"token auth switched off in {hits}"
@@ -155,9 +155,9 @@ def test_the_pickle_scan_catches_each_pattern():
 
 
 def test_no_pickle_on_the_data_plane():
-    files = sorted(p for d in ("actors", "reward_service", "orchestration") for p in (REPO / d).rglob("*.py"))
+    files = sorted(p for d in ("transport", "actors", "reward_service", "orchestration") for p in (REPO / d).rglob("*.py"))
     zmq_users = {p.relative_to(REPO).as_posix() for p in files if "import zmq" in p.read_text()}
-    assert {"actors/trajectory_channel.py", "actors/weight_channel.py", "reward_service/client.py",
+    assert {"transport/trajectory_channel.py", "transport/weight_channel.py", "reward_service/client.py",
             "reward_service/server.py"} <= zmq_users, zmq_users  # the scan covers the sockets
     bad = {p.relative_to(REPO).as_posix(): u for p in files if (u := pickle_uses(p.read_text()))}
     assert not bad, f"pickle on the data plane: {bad}"

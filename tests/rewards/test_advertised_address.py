@@ -8,12 +8,12 @@ import socket
 
 import pytest
 
-from stgrl.actors.advertise import advertised_host
-from stgrl.actors.security import CurveKeys, generate_keypair
 from stgrl.reward_service.client import RewardClient
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.server import ShardServer
+from stgrl.transport.advertise import advertised_host
+from stgrl.transport.security import CurveKeys, generate_keypair
 
 CFG = RewardConfig(batch_size=8, deadline_s=2.0)
 

@@ -133,7 +133,7 @@ def test_prometheus_names_and_stats(samples_of):
 
 @pytest.mark.timeout(60)
 def test_curve_shard_serves_only_clients_with_the_run_keys(samples_of):
-    from stgrl.actors.security import CurveKeys, generate_keypair
+    from stgrl.transport.security import CurveKeys, generate_keypair
 
     keys = CurveKeys(*generate_keypair())
     srv = ShardServer(0, CFG, keys=keys)

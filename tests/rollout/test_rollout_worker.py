@@ -8,12 +8,12 @@ import msgspec
 import pytest
 import torch
 
-from stgrl.actors.config import TransportConfig
 from stgrl.actors.rollout_worker import RolloutWorkerSpec, group_seed, rollout_worker_actor
-from stgrl.actors.trajectory_channel import TrajectoryReceiver
-from stgrl.actors.weight_channel import WeightPublisher
 from stgrl.learner.logprobs import completion_logprobs
 from stgrl.rollout.config import RolloutConfig
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.trajectory_channel import TrajectoryReceiver
+from stgrl.transport.weight_channel import WeightPublisher
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -12,8 +12,8 @@ import types
 import pytest
 import torch
 
-from stgrl.actors.config import TransportConfig
-from stgrl.actors.wire import Completion, KeyFrame, ScoringSample, TrajectoryGroup
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.wire import Completion, KeyFrame, ScoringSample, TrajectoryGroup
 
 torch.set_num_threads(1)
 

@@ -20,10 +20,15 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stgrl.actors.tensor_frames import TensorMeta
-from stgrl.actors.trajectory_channel import TrajectoryReceiver, TrajectorySender
-from stgrl.actors.weight_channel import _REPLIES, MAX_REPORTED_SUBSCRIBERS, WeightPublisher, WeightSubscriber
-from stgrl.actors.wire import (
+from stgrl.transport.tensor_frames import TensorMeta
+from stgrl.transport.trajectory_channel import TrajectoryReceiver, TrajectorySender
+from stgrl.transport.weight_channel import (
+    _REPLIES,
+    MAX_REPORTED_SUBSCRIBERS,
+    WeightPublisher,
+    WeightSubscriber,
+)
+from stgrl.transport.wire import (
     BucketRequest,
     ManifestRequest,
     TrajectoryGroup,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stgrl.actors.endpoints import PeerRefused, ServerSocket, TransportTimeout
-from stgrl.actors.security import CurveKeys, generate_keypair, is_loopback, needs_curve
-from stgrl.actors.trajectory_channel import TrajectoryReceiver, TrajectorySender
-from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber
+from stgrl.transport.endpoints import PeerRefused, ServerSocket, TransportTimeout
+from stgrl.transport.security import CurveKeys, generate_keypair, is_loopback, needs_curve
+from stgrl.transport.trajectory_channel import TrajectoryReceiver, TrajectorySender
+from stgrl.transport.weight_channel import WeightPublisher, WeightSubscriber
 
 pytestmark = pytest.mark.timeout(60)
 

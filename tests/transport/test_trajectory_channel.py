@@ -13,10 +13,10 @@ import torch
 import xxhash
 import zmq
 
-from stgrl.actors.endpoints import TransportTimeout
-from stgrl.actors.security import CurveKeys, generate_keypair
-from stgrl.actors.trajectory_channel import TrajectoryReceiver, TrajectorySender
-from stgrl.actors.wire import Reject, TrajectoryGroup, decode, encode
+from stgrl.transport.endpoints import TransportTimeout
+from stgrl.transport.security import CurveKeys, generate_keypair
+from stgrl.transport.trajectory_channel import TrajectoryReceiver, TrajectorySender
+from stgrl.transport.wire import Reject, TrajectoryGroup, decode, encode
 
 pytestmark = pytest.mark.timeout(120)
 

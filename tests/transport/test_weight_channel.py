@@ -15,11 +15,11 @@ import torch
 import xxhash
 import zmq
 
-from stgrl.actors.endpoints import TransportTimeout
-from stgrl.actors.security import CurveKeys, generate_keypair
-from stgrl.actors.shm_snapshot import PREFIX, SHM_DIR, ShmSnapshot, SnapshotReader, sweep_stale
-from stgrl.actors.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
-from stgrl.actors.wire import Reject, WeightBucket, WireError, decode, encode
+from stgrl.transport.endpoints import TransportTimeout
+from stgrl.transport.security import CurveKeys, generate_keypair
+from stgrl.transport.shm_snapshot import PREFIX, SHM_DIR, ShmSnapshot, SnapshotReader, sweep_stale
+from stgrl.transport.weight_channel import WeightPublisher, WeightSubscriber, WeightVerificationError
+from stgrl.transport.wire import Reject, WeightBucket, WireError, decode, encode
 
 pytestmark = pytest.mark.timeout(120)
 

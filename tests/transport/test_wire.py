@@ -12,9 +12,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stgrl.actors import wire
-from stgrl.actors.tensor_frames import FRAME_STATS, TensorMeta
-from stgrl.actors.wire import Message, WireError, decode, encode
+from stgrl.transport import wire
+from stgrl.transport.tensor_frames import FRAME_STATS, TensorMeta
+from stgrl.transport.wire import Message, WireError, decode, encode
 
 pytestmark = pytest.mark.timeout(60)
 LIMIT = 1 << 20

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import zmq
 
-from stgrl.actors.config import TransportConfig
-from stgrl.actors.endpoints import ClientSocket, ServerSocket, TransportTimeout
-from stgrl.actors.security import CurveKeys
-from stgrl.actors.wire import Ack, Reject, TrajectoryGroup, WireError, decode, encode
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ClientSocket, ServerSocket, TransportTimeout
+from stgrl.transport.security import CurveKeys
+from stgrl.transport.wire import Ack, Reject, TrajectoryGroup, WireError, decode, encode
 
 __all__ = ["ReceiverStats", "TrajectoryReceiver", "TrajectorySender"]
 

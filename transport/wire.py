@@ -3,7 +3,7 @@
 A message is a multipart ZeroMQ message::
 
     frame 0      msgpack header: [body, [TensorMeta, ...]]   (body = a tagged Struct below)
-    frame 1..N   one raw frame per tensor, in header order (see `stgrl.actors.tensor_frames`)
+    frame 1..N   one raw frame per tensor, in header order (see `stgrl.transport.tensor_frames`)
 
 Why this shape: the header is small and decoded with a decoder *typed for what the socket expects*,
 so a wrong type, an unknown tag or an unknown field fails at the boundary with a `WireError`, not
@@ -23,9 +23,9 @@ from typing import Annotated, Any, Generic, TypeVar, Union, get_type_hints
 import msgspec
 import torch
 
-from stgrl.actors.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
 from stgrl.explain import find_invalid
 from stgrl.reward_service.types import KeyFrame, Score, ScoringSample
+from stgrl.transport.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
 
 __all__ = [
     "Ack",
@@ -162,7 +162,7 @@ class WeightManifest(_Msg, tag="weight_manifest"):
     checksum: int
     """xxh3-64 over the manifest's tensor table and bucket checksums."""
     shm_path: str | None = None
-    """Same-host fast path: the snapshot's file in /dev/shm (see `stgrl.actors.shm_snapshot`)."""
+    """Same-host fast path: the snapshot's file in /dev/shm (see `stgrl.transport.shm_snapshot`)."""
     host: str | None = None
     """`shm_snapshot.host_id()` of the publisher; the fast path is tried only on the same host."""
 

@@ -12,9 +12,9 @@ import logging
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from stgrl.actors.advertise import advertised_host
-from stgrl.actors.config import TransportConfig
-from stgrl.actors.security import CurveKeys, CurveServer, apply_client, needs_curve
+from stgrl.transport.advertise import advertised_host
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.security import CurveKeys, CurveServer, apply_client, needs_curve
 
 __all__ = ["ClientSocket", "PeerRefused", "ServerSocket", "TransportTimeout"]
 

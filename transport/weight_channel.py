@@ -17,7 +17,7 @@ manifest names it; a subscriber on the same host maps it, verifies the same chec
 the mapping and returns views of it, so the caller's load into its model is the only copy. It falls
 back to TCP when it cannot open the file. The publisher rewrites the same file for the next version
 when no subscriber still holds tensors of the previous one, which keeps the subscribers' mappings
-(and page tables) warm (`stgrl.actors.shm_snapshot`). TCP over loopback is several times slower
+(and page tables) warm (`stgrl.transport.shm_snapshot`). TCP over loopback is several times slower
 than memcpy here.
 
 Memory: the publisher holds one snapshot (the latest version; the previous one is released, or
@@ -44,12 +44,12 @@ import torch
 import xxhash
 import zmq
 
-from stgrl.actors.config import TransportConfig
-from stgrl.actors.endpoints import ClientSocket, ServerSocket
-from stgrl.actors.security import CurveKeys
-from stgrl.actors.shm_snapshot import ShmSnapshot, SnapshotReader, host_id, sweep_stale
-from stgrl.actors.tensor_frames import DTYPES, dtype_name
-from stgrl.actors.wire import (
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ClientSocket, ServerSocket
+from stgrl.transport.security import CurveKeys
+from stgrl.transport.shm_snapshot import ShmSnapshot, SnapshotReader, host_id, sweep_stale
+from stgrl.transport.tensor_frames import DTYPES, dtype_name
+from stgrl.transport.wire import (
     BucketRequest,
     ManifestRequest,
     NoVersion,
