@@ -32,6 +32,7 @@ from stgrl.learner.batch import RLBatch, ScoredGroup, even_split, shard_for_rank
 from stgrl.learner.config import LearnerConfig
 from stgrl.learner.metrics import combine_rank_metrics
 from stgrl.learner.worker import LearnerWorker
+from stgrl.transport.security import CurveKeys, generate_keypair
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ class LearnerRank(LearnerWorker):
     """
 
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 cfg: LearnerConfig | dict[str, Any], seed: int = 0):
+                 cfg: LearnerConfig | dict[str, Any], seed: int = 0, *, store_keys: Any = None):
         import torch
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        super().__init__(rank, world_size, master_addr, master_port, model_path, cfg, seed)
+        super().__init__(rank, world_size, master_addr, master_port, model_path, cfg, seed, store_keys=store_keys)
 
     def pid(self) -> int:
         """This rank's process id: what an operator (or a fault test) signals to stop this rank alone."""
@@ -228,12 +229,15 @@ def start_learner_group(num_ranks: int, model_path: str | Path, cfg: LearnerConf
         timeout=timeout_s)
     env = rank_env(num_gpus_per_rank, cpus_per_rank, env_vars)
     cfg_builtins = msgspec.to_builtins(cfg)
+    # The group's own key pair for its authenticated rendezvous store (learner/rendezvous.py), sent to
+    # the ranks as an actor argument over Ray's authenticated control plane, never to disk or env.
+    store_keys = CurveKeys(*generate_keypair())
     handles = [
         LearnerRank.options(
             num_cpus=cpus_per_rank, num_gpus=num_gpus_per_rank, resources={"learner": 1},
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
             runtime_env={"env_vars": env}, name=None,
-        ).remote(r, num_ranks, addr, port, str(model_path), cfg_builtins, seed)
+        ).remote(r, num_ranks, addr, port, str(model_path), cfg_builtins, seed, store_keys=store_keys)
         for r in range(num_ranks)
     ]
     group = LearnerGroup(handles, pg, cfg.num_minibatches, timeout_s)

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import Tensor
 from stgrl.learner import checkpoint as ckpt
 from stgrl.learner.config import LearnerConfig
 from stgrl.learner.ds_config import build_ds_config
-from stgrl.learner.rendezvous import bound_store
+from stgrl.learner.rendezvous import rendezvous_store
 from stgrl.learner.schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class WorldInfo:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     local_rank: int = 0
+    store_keys: Any = field(default=None, repr=False)
+    """The group's CURVE key pair (`stgrl.transport.security.CurveKeys`) for its authenticated
+    rendezvous store, the same on every rank; a world of one needs none."""
 
 
 def on_cpu() -> bool:
@@ -47,8 +50,12 @@ def on_cpu() -> bool:
     return get_accelerator().device_name() == "cpu"
 
 
-def init_distributed(world: WorldInfo) -> None:
+def init_distributed(world: WorldInfo) -> tuple[Any, Any] | None:
     """Set the torch.distributed env and initialise (gloo on CPU, NCCL on GPU); idempotent per process.
+
+    Returns what must outlive the process group: the rendezvous store (a Python object torch only
+    points to: once collected, later groups fail inside torch) and rank 0's store server; None when
+    torch.distributed was already initialised.
 
     On CPU the shared-memory comm op is switched off before DeepSpeed's backend is built: it is a JIT
     compile (~77 s fresh) used only by inference all-reduce (docs/design.md §4 pitfalls). ``LOCAL_SIZE`` is
@@ -57,7 +64,7 @@ def init_distributed(world: WorldInfo) -> None:
     import deepspeed
 
     if torch.distributed.is_initialized():
-        return
+        return None
     os.environ.update({"MASTER_ADDR": world.master_addr, "MASTER_PORT": str(world.master_port),
                        "RANK": str(world.rank), "WORLD_SIZE": str(world.world_size),
                        "LOCAL_RANK": str(world.local_rank)})
@@ -65,13 +72,15 @@ def init_distributed(world: WorldInfo) -> None:
     if cpu:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     backend = "gloo" if cpu else "nccl"
-    # Our own store, bound to the master address only (torch's env:// store listens on every
-    # interface, without auth): see `stgrl.learner.rendezvous`. DeepSpeed then finds torch.distributed
-    # initialised and uses it.
-    store = bound_store(world.master_addr, world.master_port, world.rank, world.world_size)
+    # Our own store: authenticated and bound to the master address only (torch's env:// store listens
+    # on every interface, without auth): see `stgrl.learner.rendezvous`. DeepSpeed then finds
+    # torch.distributed initialised and uses it.
+    store, server = rendezvous_store(world.master_addr, world.master_port, world.rank, world.world_size,
+                                     world.store_keys)
     torch.distributed.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                rank=world.rank, world_size=world.world_size)
+    return store, server
 
 
 def seed_everything(seed: int) -> None:
@@ -156,7 +165,7 @@ class LearnerEngine:
         self.cfg = cfg
         self.world = world
         self.model_path = str(model_path)
-        init_distributed(world)
+        self._rendezvous = init_distributed(world)  # store + server live as long as this engine
         seed_everything(seed)
         bf16 = cfg.precision == "bf16"
         # bf16 straight from disk: a 7B model is 15 GB per rank instead of an fp32 30 GB (DeepSpeed

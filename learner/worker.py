@@ -27,11 +27,11 @@ class LearnerWorker:
     is the actor shell, :class:`LocalLearner` the in-process single-rank twin."""
 
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 cfg: LearnerConfig | dict[str, Any], seed: int = 0):
+                 cfg: LearnerConfig | dict[str, Any], seed: int = 0, *, store_keys: Any = None):
         self.cfg = cfg if isinstance(cfg, LearnerConfig) else msgspec.convert(cfg, LearnerConfig)
         self.rank = rank
-        self.engine = LearnerEngine(model_path, self.cfg, WorldInfo(rank, world_size, master_addr, master_port),
-                                    seed=seed)
+        world = WorldInfo(rank, world_size, master_addr, master_port, store_keys=store_keys)
+        self.engine = LearnerEngine(model_path, self.cfg, world, seed=seed)
         self.publisher: Any = None
 
     def ready(self) -> dict[str, Any]:
