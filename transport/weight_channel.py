@@ -63,7 +63,8 @@ from stgrl.transport.wire import (
     encode,
 )
 
-__all__ = ["WeightPublisher", "WeightSubscriber", "WeightVerificationError", "layout", "manifest_checksum", "pack"]
+__all__ = ["WeightPublisher", "WeightSubscriber", "WeightVerificationError", "layout", "manifest_checksum", "pack",
+           "state_checksums"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,16 @@ def pack(
     for entry, t in zip(entries, state_dict.values()):
         dst[entry.name].copy_(t.detach())
     return _finish(version, entries, total, buf, bucket_nbytes), buf
+
+
+def state_checksums(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """xxh3-64 of each tensor's bytes (C order), by name: two sides holding the same weights, bit
+    for bit, give equal dicts."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = xxhash.xxh3_64_intdigest(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else 0
+    return out
 
 
 def _unpack(manifest: WeightManifest, buf: torch.Tensor) -> dict[str, torch.Tensor]:
