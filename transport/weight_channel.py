@@ -4,10 +4,18 @@ A version is the state dict laid out as one byte stream (each tensor at a 64-byt
 and cut into fixed-size buckets (``cfg.weight_bucket_mib``). The `WeightManifest` lists every
 tensor's name, dtype, shape, offset and size plus an xxh3 checksum per bucket.
 
-Pull-based: the `WeightPublisher` (learner) binds a ROUTER and serves "manifest of the latest
-version" and "bucket i of version v" from a serving thread, so training never waits on a slow
-worker. A `WeightSubscriber` (rollout worker) asks for the latest manifest, pulls the buckets
-(``cfg.weight_window`` in flight) into one fresh buffer, verifies each checksum, and only when all
+Who: the `WeightPublisher` lives in learner rank 0 (`stgrl.learner.worker.LearnerWorker.attach_publisher`);
+weights go from there to the rollout workers and never through the driver. The layout is planned
+from names, dtypes and shapes alone (`layout`), and the caller fills the one snapshot in place
+(`WeightPublisher.publish_filled`): a ZeRO-3 learner gathers a group of parameters at a time and
+copies it in, so the whole model exists once on its host, in the snapshot.
+
+Pull-based: the publisher binds ``cfg.weight_streams`` ROUTER sockets, each served by its own thread
+(and its own ZeroMQ I/O thread, where CURVE encrypts), all answering "manifest of the latest version"
+and "bucket i of version v", so training never waits on a slow worker. A `WeightSubscriber`
+(rollout worker) asks the socket it was given for the latest manifest, which lists the other
+streams' ports (same host: a manifest cannot send it elsewhere), and pulls the buckets spread over
+every stream (``cfg.weight_window`` in flight on each) into one fresh buffer, verifies each checksum, and only when all
 arrived and verified returns the new state dict (views into that buffer) and reports its version.
 A corrupt or missing bucket refuses the whole version: the subscriber keeps its previous one. A
 worker that joins late simply gets the latest version on its first poll.
