@@ -8,6 +8,7 @@ learner's weights bit for bit."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from stgrl.orchestration.config import load_config
 
 pytestmark = pytest.mark.timeout(600)
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 MIN_PARAMS = 200_000_000
 BASE_GROWTH = 96 << 20
@@ -78,6 +80,8 @@ def test_the_driver_never_holds_the_weights_and_workers_run_the_learners_bytes(r
         driver.close()
         sink.close()
     growth = peak - rss_before
+    log.info("driver peak RSS grew by %.1f MiB over a run of a %.1f MiB model (%d parameters)", growth / 2**20,
+             state_bytes / 2**20, params)
     # Through the driver it was the ray.get of the full state dict plus the publisher's snapshot:
     # twice the state. Now: addresses and timing dicts.
     assert growth < BASE_GROWTH + state_bytes // 8, (growth / 2**20, state_bytes / 2**20)
