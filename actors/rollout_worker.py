@@ -209,6 +209,17 @@ class RolloutWorkerImpl:
         self._sender.flush(flush_timeout)
         return len(groups)
 
+    def weights_checksum(self) -> dict[str, int]:
+        """Per-tensor xxh3 of the weights the engine runs (HF engine; tests compare it with the
+        learner's `weights_checksum`). Raises on an engine that does not expose its model."""
+        from stgrl.transport.weight_channel import state_checksums
+
+        model = getattr(self.engine, "model", None)
+        if model is None:
+            raise RuntimeError(f"worker {self.spec.worker_id}: engine {self.spec.rollout.engine} does not expose "
+                               "its weights")
+        return state_checksums(model.state_dict())
+
     def stats(self) -> dict[str, float]:
         """Counters since start plus ``tokens_per_s``/``samples_per_s`` of generation time (docs/design.md §11)."""
         s = dict(self._stats)

@@ -161,12 +161,27 @@ class LearnerGroup:
     def full_state_dict(self) -> dict[str, Any]:
         return self._all("full_state_dict")[0]
 
-    def attach_publisher(self, factory: Callable[[], Any]) -> None:
-        """Create the weight publisher inside rank 0 (see :meth:`LearnerRank.attach_publisher`)."""
-        ray.get(self.handles[0].attach_publisher.remote(factory), timeout=self.timeout_s)
+    def attach_publisher(self, factory: Callable[[], Any]) -> str | None:
+        """Create the weight publisher inside rank 0 (`LearnerWorker.attach_publisher`) and tell the
+        other ranks how it gathers; returns its address (what rollout workers connect to). The
+        driver only ever sees this address and timings: weights go from rank 0 to the workers."""
+        info = self._get("attach_publisher", [self.handles[0].attach_publisher.remote(factory)])[0]
+        if len(self.handles) > 1:
+            self._get("set_publish_mode", [h.set_publish_mode.remote(info["filled"]) for h in self.handles[1:]])
+        return info["address"]
 
     def publish_weights(self, version: int) -> dict[str, float]:
+        """Every rank joins; rank 0's publisher serves ``version``. Returns timings (small)."""
         return combine_rank_metrics(self._all("publish_weights", version))
+
+    def close_publisher(self) -> None:
+        """Stop rank 0's publisher (it unlinks its /dev/shm snapshot); bounded by a short timeout."""
+        if self.handles:
+            ray.get(self.handles[0].close_publisher.remote(), timeout=min(self.timeout_s, 30.0))
+
+    def weights_checksum(self) -> dict[str, int]:
+        """Rank 0's per-tensor xxh3 of the current weights (tests: same bytes as a rollout worker)."""
+        return self._all("weights_checksum")[0]
 
     def save_checkpoint(self, root: str | Path, run_state: dict[str, Any]) -> str:
         return self._all("save_checkpoint", str(root), run_state)[0]

@@ -45,6 +45,9 @@ class LearnerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them (7B: the
     activations of a 3.7k-token sequence would otherwise dominate memory; costs ~1 extra forward)."""
+    weight_group_mib: Annotated[int, Meta(ge=1, le=65536)] = 256
+    """Under ZeRO-3, how many MiB of parameters are gathered at a time while rank 0 copies a new
+    weight version into its publisher's snapshot (the transient cost on every rank's device)."""
     micro_batch_tokens: Annotated[int, Meta(ge=0)] = 0
     """Token budget of one forward/backward (rows x padded length, groups kept whole); a minibatch
     larger than this is split into micro-batches whose gradients add up to the minibatch's before its

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,21 @@ def pad_token_id(model, processor) -> int:
     return 0
 
 
+def _groups(state: Mapping[str, Tensor], group_bytes: int) -> list[list[tuple[str, Tensor]]]:
+    """Consecutive state-dict entries in groups of about ``group_bytes`` (full, gathered sizes); a
+    tensor larger than that is a group of its own. Deterministic, so every rank gathers the same."""
+    groups: list[list[tuple[str, Tensor]]] = [[]]
+    size = 0
+    for name, t in state.items():
+        nbytes = int(getattr(t, "ds_numel", t.numel())) * t.element_size()
+        if groups[-1] and size + nbytes > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, t))
+        size += nbytes
+    return [g for g in groups if g]
+
+
 class LearnerEngine:
     """A DeepSpeed engine around an HF model plus what a learner rank needs around it.
 
@@ -259,6 +275,36 @@ class LearnerEngine:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return self._copy_state(module) if self.world.rank == 0 else {}
         return self._copy_state(module) if self.world.rank == 0 else {}
+
+    def weight_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(name, dtype, full shape) of every state-dict entry, in state-dict order, without gathering
+        (ZeRO-3 partitions keep the full shape in ``ds_shape``): enough to plan a weight snapshot."""
+        state = self.engine.module.state_dict(keep_vars=True)
+        return [(k, v.dtype, tuple(getattr(v, "ds_shape", v.shape))) for k, v in state.items()]
+
+    def fill_weights(self, views: Mapping[str, Tensor] | None, group_bytes: int) -> None:
+        """Copy the current weights into ``views`` (rank 0; name -> destination tensor, e.g. views of
+        the weight publisher's snapshot); other ranks pass None.
+
+        Under ZeRO-3 this is a collective: parameters are gathered a group of about ``group_bytes``
+        at a time (`deepspeed.zero.GatheredParameters`), copied, and re-partitioned before the next
+        group, so no rank ever holds more than one group beyond its partition, and rank 0's host
+        holds the snapshot only. Under ZeRO-0/1/2 every rank has the full weights; rank 0 copies.
+        """
+        state = self.engine.module.state_dict(keep_vars=True)
+        if self.cfg.zero_stage != 3:
+            if views is not None:
+                for name, t in state.items():
+                    views[name].copy_(t.detach())
+            return
+        import deepspeed
+
+        for group in _groups(state, group_bytes):
+            params = list({id(t): t for _, t in group if hasattr(t, "ds_id")}.values())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                if views is not None:
+                    for name, t in group:
+                        views[name].copy_(t.detach())
 
     @staticmethod
     def _copy_state(module) -> dict[str, Tensor]:

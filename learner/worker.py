@@ -33,6 +33,7 @@ class LearnerWorker:
         world = WorldInfo(rank, world_size, master_addr, master_port, store_keys=store_keys)
         self.engine = LearnerEngine(model_path, self.cfg, world, seed=seed)
         self.publisher: Any = None
+        self._filled_mode = False
 
     def ready(self) -> dict[str, Any]:
         """Rank, device and optimizer step — a cheap call to await initialisation."""
@@ -72,19 +73,66 @@ class LearnerWorker:
         """Gathered CPU state dict on rank 0, ``{}`` elsewhere (collective under ZeRO-3)."""
         return self.engine.full_state_dict()
 
-    def attach_publisher(self, factory: Callable[[], Any]) -> None:
-        """Build the weight publisher inside this process (rank 0): ``factory()`` must return an object
-        with ``publish(version, state_dict)``, e.g. ``functools.partial(WeightPublisher, ...)``."""
+    def attach_publisher(self, factory: Callable[[], Any]) -> dict[str, Any]:
+        """Build the weight publisher inside this process (rank 0), so weights go from here to the
+        rollout workers and never through the driver. ``factory()`` returns an object with
+        ``publish_filled(version, specs, fill)`` (`~stgrl.transport.weight_channel.WeightPublisher`,
+        e.g. ``functools.partial(WeightPublisher, transport_cfg, keys)``) or plain
+        ``publish(version, state_dict)``. Returns ``{"address": what workers connect to (or None),
+        "filled": whether it fills its snapshot group by group}``; the other ranks must then be told
+        ``set_publish_mode(filled)``."""
+        if self.publisher is not None and hasattr(self.publisher, "close"):
+            self.publisher.close()
         self.publisher = factory()
+        self._filled_mode = hasattr(self.publisher, "publish_filled")
+        return {"address": getattr(self.publisher, "address", None), "filled": self._filled_mode}
+
+    def set_publish_mode(self, filled: bool) -> None:
+        """How rank 0 gathers for its publisher: group by group (``filled``: every rank joins each
+        group's gather) or one full state dict."""
+        self._filled_mode = filled
 
     def publish_weights(self, version: int) -> dict[str, float]:
-        """Gather the full state (every rank) and hand it to the publisher (rank 0); returns timings."""
+        """Hand the current weights to rank 0's publisher as ``version`` (every rank calls: a
+        collective under ZeRO-3); returns timings only, never weights.
+
+        Filled mode: the snapshot is planned from names/shapes and filled group by group
+        (`LearnerEngine.fill_weights`), so the state exists once on rank 0's host, in the snapshot.
+        Otherwise (a publisher with only ``publish``, e.g. a test's recorder) a full state dict is
+        gathered and handed over."""
         t0 = time.perf_counter()
+        group_bytes = self.cfg.weight_group_mib << 20
+        if self._filled_mode:
+            spent: dict[str, float] = {}
+
+            def fill(views: Any) -> None:
+                start = time.perf_counter()
+                self.engine.fill_weights(views, group_bytes)
+                spent["fill"] = time.perf_counter() - start
+
+            if self.rank == 0 and self.publisher is not None:
+                self.publisher.publish_filled(version, self.engine.weight_specs(), fill)
+            else:
+                fill(None)
+            return {"time_gather_s": spent.get("fill", 0.0), "time_publish_s": time.perf_counter() - t0}
         state = self.engine.full_state_dict()
         t1 = time.perf_counter()
         if self.publisher is not None and state:
             self.publisher.publish(version, state)
         return {"time_gather_s": t1 - t0, "time_publish_s": time.perf_counter() - t1}
+
+    def close_publisher(self) -> None:
+        """Stop serving weights (rank 0); idempotent."""
+        if self.publisher is not None and hasattr(self.publisher, "close"):
+            self.publisher.close()
+        self.publisher = None
+
+    def weights_checksum(self) -> dict[str, int]:
+        """xxh3-64 of every tensor of the current weights on rank 0 (``{}`` elsewhere; a collective
+        under ZeRO-3): compared with a rollout worker's, it proves both run the same bytes."""
+        from stgrl.transport.weight_channel import state_checksums
+
+        return state_checksums(self.engine.full_state_dict())
 
     def save_checkpoint(self, root: str, run_state: dict[str, Any]) -> str:
         return self.engine.save_checkpoint(root, run_state)
@@ -125,8 +173,8 @@ class LocalLearner:
     def full_state_dict(self) -> dict[str, Any]:
         return self.worker.full_state_dict()
 
-    def attach_publisher(self, factory: Callable[[], Any]) -> None:
-        self.worker.attach_publisher(factory)
+    def attach_publisher(self, factory: Callable[[], Any]) -> str | None:
+        return self.worker.attach_publisher(factory)["address"]
 
     def publish_weights(self, version: int) -> dict[str, float]:
         return self.worker.publish_weights(version)
@@ -143,5 +191,9 @@ class LocalLearner:
     def global_steps(self) -> int:
         return self.worker.global_steps()
 
+    def weights_checksum(self) -> dict[str, int]:
+        return self.worker.weights_checksum()
+
     def shutdown(self) -> None:
-        """Nothing to free beyond the engine; kept for interface parity with LearnerGroup."""
+        """Stop the publisher, if any; otherwise nothing beyond the engine to free."""
+        self.worker.close_publisher()

@@ -98,7 +98,8 @@ class RLDriver:
         self.reward_handles: list[Any] = []
         self.reward_client: Any = None
         self.receiver: Any = None
-        self.publisher: Any = None
+        self.publisher: Any = None  # a driver-side publisher (tests without learners); normally rank 0 owns it
+        self.weights_address: str | None = None
         self._buffer: dict[int, dict[str, tuple[Any, dict]]] = defaultdict(dict)
         self._dupes: dict[int, int] = defaultdict(int)
         self._requeued: dict[int, list[str]] = defaultdict(list)
@@ -113,6 +114,8 @@ class RLDriver:
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
+        from functools import partial
+
         from stgrl.learner.actor import start_learner_group
         from stgrl.reward_service.service import start_reward_service
         from stgrl.transport.security import CurveKeys, generate_keypair, needs_curve
@@ -139,7 +142,8 @@ class RLDriver:
             truncate_after(self.run_dir, self.start_step)
             log.info("resumed from checkpoint: next step %d, policy version %d", self.start_step, self.version,
                      extra={"console": True})
-        self.publisher = WeightPublisher(tcfg, self.keys)
+        # Rank 0 serves the weights itself: the driver only learns the address (and, per step, timings).
+        self.weights_address = self.learners.attach_publisher(partial(WeightPublisher, tcfg, self.keys))
         self._publish_weights()
         self.receiver = TrajectoryReceiver(tcfg, self.keys, auto_commit=True)
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
@@ -153,7 +157,7 @@ class RLDriver:
         cfg = self.cfg
         spec = RolloutWorkerSpec(
             worker_id=f"rollout-{index}", model_path=self.model_path, dataset_dir=str(self.dataset_dir.resolve()),
-            weights_address=self.publisher.address, trajectories_address=self.receiver.address,
+            weights_address=self.weights_address, trajectories_address=self.receiver.address,
             rollout=cfg.rollout, data=cfg.data, transport=cfg.transport,
             curve_keys=self.keys, server_public=self.keys.public if self.keys else None,
             dtype=cfg.model.dtype, seed=cfg.run.seed, torch_threads=cfg.run.torch_threads,
@@ -229,9 +233,11 @@ class RLDriver:
             log.info("elastic rollout: dropped unplaced worker %d (capacity now %d)", i, target)
 
     def _publish_weights(self) -> float:
+        """Rank 0 snapshots and serves `self.version` (ZeRO-3: gathered group by group); the driver
+        gets timings only. Returns the wall time (`weights/sync_time_s`)."""
         t0 = time.perf_counter()
-        state = self.learners.full_state_dict()
-        self.publisher.publish(self.version, state)
+        timings = self.learners.publish_weights(self.version)
+        log.debug("weight version %d published by learner rank 0: %s", self.version, timings)
         return time.perf_counter() - t0
 
     # ---------------------------------------------------------------- generation
@@ -509,6 +515,10 @@ class RLDriver:
             except Exception:
                 pass
         if self.learners:
+            try:  # lets rank 0 unlink its /dev/shm snapshot before its process is killed
+                self.learners.close_publisher()
+            except Exception:
+                log.debug("closing the learner's weight publisher failed", exc_info=True)
             self.learners.shutdown()
         for ch in (self.receiver, self.publisher):
             if ch is not None:

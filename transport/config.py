@@ -32,6 +32,10 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Most tensor frames one message may carry; more is rejected before any frame is read."""
     weight_window: Annotated[int, Meta(ge=1, le=64)] = 2
     """Weight buckets requested ahead (in flight); each costs one bucket of transient memory."""
+    weight_streams: Annotated[int, Meta(ge=1, le=16)] = 4
+    """Serving sockets of one weight publisher, each with its own thread and ZeroMQ I/O thread;
+    subscribers spread their bucket requests over all of them, so CURVE encryption and the copy into
+    the socket are not one thread's work (docs/design.md §6)."""
     weight_shm: bool = True
     """Publisher keeps its snapshot in /dev/shm; subscribers on the same host copy from it instead of TCP."""
     heartbeat_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 2.0

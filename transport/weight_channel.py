@@ -4,10 +4,18 @@ A version is the state dict laid out as one byte stream (each tensor at a 64-byt
 and cut into fixed-size buckets (``cfg.weight_bucket_mib``). The `WeightManifest` lists every
 tensor's name, dtype, shape, offset and size plus an xxh3 checksum per bucket.
 
-Pull-based: the `WeightPublisher` (learner) binds a ROUTER and serves "manifest of the latest
-version" and "bucket i of version v" from a serving thread, so training never waits on a slow
-worker. A `WeightSubscriber` (rollout worker) asks for the latest manifest, pulls the buckets
-(``cfg.weight_window`` in flight) into one fresh buffer, verifies each checksum, and only when all
+Who: the `WeightPublisher` lives in learner rank 0 (`stgrl.learner.worker.LearnerWorker.attach_publisher`);
+weights go from there to the rollout workers and never through the driver. The layout is planned
+from names, dtypes and shapes alone (`layout`), and the caller fills the one snapshot in place
+(`WeightPublisher.publish_filled`): a ZeRO-3 learner gathers a group of parameters at a time and
+copies it in, so the whole model exists once on its host, in the snapshot.
+
+Pull-based: the publisher binds ``cfg.weight_streams`` ROUTER sockets, each served by its own thread
+(and its own ZeroMQ I/O thread, where CURVE encrypts), all answering "manifest of the latest version"
+and "bucket i of version v", so training never waits on a slow worker. A `WeightSubscriber`
+(rollout worker) asks the socket it was given for the latest manifest, which lists the other
+streams' ports (same host: a manifest cannot send it elsewhere), and pulls the buckets spread over
+every stream (``cfg.weight_window`` in flight on each) into one fresh buffer, verifies each checksum, and only when all
 arrived and verified returns the new state dict (views into that buffer) and reports its version.
 A corrupt or missing bucket refuses the whole version: the subscriber keeps its previous one. A
 worker that joins late simply gets the latest version on its first poll.
@@ -36,8 +44,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 import torch
@@ -45,7 +53,7 @@ import xxhash
 import zmq
 
 from stgrl.transport.config import TransportConfig
-from stgrl.transport.endpoints import ClientSocket, ServerSocket
+from stgrl.transport.endpoints import ClientSocket, PeerRefused, ServerSocket
 from stgrl.transport.security import CurveKeys
 from stgrl.transport.shm_snapshot import ShmSnapshot, SnapshotReader, host_id, sweep_stale
 from stgrl.transport.tensor_frames import DTYPES, dtype_name
@@ -63,7 +71,8 @@ from stgrl.transport.wire import (
     encode,
 )
 
-__all__ = ["WeightPublisher", "WeightSubscriber", "WeightVerificationError", "manifest_checksum", "pack"]
+__all__ = ["WeightPublisher", "WeightSubscriber", "WeightVerificationError", "layout", "manifest_checksum", "pack",
+           "state_checksums"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,8 @@ glibc reuses (warm) heap memory up to 32 MiB but maps fresh, page-faulting memor
 MAX_REPORTED_SUBSCRIBERS = 4096
 """Subscribers whose reported version the publisher remembers (the most recent ones); 20k made-up
 ids once cost it 700 MB."""
+MAX_STREAMS = 64
+"""Most serving sockets a subscriber connects to for one publisher (config allows 16)."""
 _REQUESTS = ManifestRequest | BucketRequest | VersionReport
 _REPLIES = WeightManifest | WeightBucket | NoVersion | Reject
 _ENC = msgspec.msgpack.Encoder()
@@ -94,41 +105,68 @@ def _buckets(total: int, bucket_nbytes: int) -> list[tuple[int, int]]:
     return [(s, min(s + bucket_nbytes, total)) for s in range(0, total, bucket_nbytes)]
 
 
+def layout(specs: Iterable[tuple[str, torch.dtype, Sequence[int]]]) -> tuple[list[TensorEntry], int]:
+    """Where each tensor goes in a version's byte stream (64-byte aligned) and the stream's size.
+
+    Needs only names, dtypes and shapes: a learner under ZeRO-3 plans its snapshot from
+    ``param.ds_shape`` before gathering anything, then fills it group by group (`WeightPublisher.publish_filled`).
+    """
+    entries: list[TensorEntry] = []
+    offset = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        entries.append(TensorEntry(name, dtype_name(dtype), [int(d) for d in shape], offset, nbytes))
+        offset += -(-nbytes // ALIGN) * ALIGN
+    return entries, offset
+
+
+def _finish(version: int, entries: list[TensorEntry], total: int, buf: torch.Tensor,
+            bucket_nbytes: int) -> WeightManifest:
+    """Zero the padding (never ship stale memory), checksum every bucket, describe the version."""
+    end = 0
+    for entry in entries:
+        if entry.offset > end:
+            buf[end:entry.offset].zero_()
+        end = entry.offset + entry.nbytes
+    if end < total:
+        buf[end:].zero_()
+    raw = buf.numpy()
+    checks = [xxhash.xxh3_64_intdigest(raw[s:e]) for s, e in _buckets(total, bucket_nbytes)]
+    return WeightManifest(version, total, bucket_nbytes, entries, checks, manifest_checksum(entries, checks, total))
+
+
 def pack(
     version: int, state_dict: Mapping[str, torch.Tensor], bucket_nbytes: int,
     alloc: Callable[[int], torch.Tensor] | None = None,
 ) -> tuple[WeightManifest, torch.Tensor]:
     """Copy ``state_dict`` into one contiguous uint8 buffer from ``alloc(nbytes)`` and describe it
     (one copy, any device)."""
-    entries: list[TensorEntry] = []
-    offset = 0
-    for name, t in state_dict.items():
-        nbytes = t.numel() * t.element_size()
-        entries.append(TensorEntry(name, dtype_name(t.dtype), list(t.shape), offset, nbytes))
-        offset += -(-nbytes // ALIGN) * ALIGN
-    total = offset
+    entries, total = layout((name, t.dtype, t.shape) for name, t in state_dict.items())
     buf = alloc(total) if alloc is not None else torch.empty(total, dtype=torch.uint8)
-    end = 0
+    dst = _unpack_entries(entries, buf)
     for entry, t in zip(entries, state_dict.values()):
-        if entry.offset > end:
-            buf[end:entry.offset].zero_()  # padding: never ship stale memory
-        dst = buf[entry.offset:entry.offset + entry.nbytes]
-        if t.dtype is torch.bool:
-            t = t.view(torch.uint8)
-        dst.view(t.dtype).view(t.shape).copy_(t.detach())
-        end = entry.offset + entry.nbytes
-    if end < total:
-        buf[end:].zero_()
-    raw = buf.numpy()
-    checks = [xxhash.xxh3_64_intdigest(raw[s:e]) for s, e in _buckets(total, bucket_nbytes)]
-    manifest = WeightManifest(version, total, bucket_nbytes, entries, checks,
-                              manifest_checksum(entries, checks, total))
-    return manifest, buf
+        dst[entry.name].copy_(t.detach())
+    return _finish(version, entries, total, buf, bucket_nbytes), buf
+
+
+def state_checksums(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """xxh3-64 of each tensor's bytes (C order), by name: two sides holding the same weights, bit
+    for bit, give equal dicts."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = xxhash.xxh3_64_intdigest(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else 0
+    return out
 
 
 def _unpack(manifest: WeightManifest, buf: torch.Tensor) -> dict[str, torch.Tensor]:
+    return _unpack_entries(manifest.tensors, buf)
+
+
+def _unpack_entries(entries: list[TensorEntry], buf: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each tensor as a (writable) view of ``buf``, by name."""
     out: dict[str, torch.Tensor] = {}
-    for e in manifest.tensors:
+    for e in entries:
         dtype = DTYPES[e.dtype]
         view = buf[e.offset:e.offset + e.nbytes]
         out[e.name] = view.view(torch.bool) if dtype is torch.bool else view.view(dtype)
@@ -159,11 +197,17 @@ def _check_manifest(m: WeightManifest, peer: str) -> None:
         names.add(e.name)
 
 
-class WeightPublisher:
-    """Serves the latest weight version from a background thread (learner side).
+WeightFill = Callable[[Mapping[str, torch.Tensor]], None]
+"""Writes every tensor of a version into its view of the snapshot (``views[name].copy_(...)``)."""
 
-    `publish` is called from the training thread; requests are served concurrently. Versions must
-    increase. ``subscriber_versions()`` tells which version each worker reported.
+
+class WeightPublisher:
+    """Serves the latest weight version from background threads (learner rank 0).
+
+    `publish` / `publish_filled` are called from the training thread; requests are served
+    concurrently by ``cfg.weight_streams`` sockets, each with its own serving thread and ZeroMQ I/O
+    thread (CURVE runs there), all serving the one snapshot. Versions must increase.
+    ``subscriber_versions()`` tells which version each worker reported.
     """
 
     def __init__(
@@ -176,26 +220,45 @@ class WeightPublisher:
         io_threads: int = 1,
     ) -> None:
         self.cfg = cfg
-        self._server = ServerSocket(cfg, keys, port=port, advertise_host=advertise_host, io_threads=io_threads)
+        self._servers: list[ServerSocket] = []
+        try:
+            for i in range(cfg.weight_streams):  # only the first may be pinned: a restart comes back there
+                self._servers.append(ServerSocket(cfg, keys, port=port if i == 0 else 0,
+                                                  advertise_host=advertise_host, io_threads=io_threads))
+        except Exception:
+            for server in self._servers:
+                server.close()
+            raise
         self._lock = threading.Lock()
         self._latest: tuple[WeightManifest, torch.Tensor, list[tuple[int, int]]] | None = None
         self._latest_version: int | None = None
         self._reports: OrderedDict[str, int] = OrderedDict()  # most recently reporting last
         self._shm: ShmSnapshot | None = None
         self._host = host_id()
+        self._pin = torch.cuda.is_available()  # device-to-host copies from pinned memory skip a staging copy
         if cfg.weight_shm:
             sweep_stale()
+        self.buckets_served = [0] * len(self._servers)
+        """Buckets sent per stream (how evenly subscribers spread their requests)."""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="weight-publisher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._serve, args=(server,), name=f"weight-publisher-{i}",
+                                          daemon=True) for i, server in enumerate(self._servers)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def address(self) -> str:
-        return self._server.address
+        """What subscribers are given; they learn the other streams' ports from the manifest."""
+        return self._servers[0].address
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every serving socket's address (the first is `address`)."""
+        return [server.address for server in self._servers]
 
     @property
     def curve(self) -> bool:
-        return self._server.curve
+        return self._servers[0].curve
 
     @property
     def latest_version(self) -> int | None:
@@ -208,6 +271,23 @@ class WeightPublisher:
 
     def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> WeightManifest:
         """Snapshot ``state_dict`` as ``version`` and serve it; the previous version is released first."""
+        tensors = list(state_dict.values())
+
+        def fill(views: Mapping[str, torch.Tensor]) -> None:
+            for dst, t in zip(views.values(), tensors):
+                dst.copy_(t.detach())
+
+        return self.publish_filled(version, [(k, t.dtype, t.shape) for k, t in state_dict.items()], fill)
+
+    def publish_filled(self, version: int, specs: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+                       fill: WeightFill) -> WeightManifest:
+        """Serve ``version``: plan the snapshot from ``specs`` (name, dtype, shape), let ``fill`` write
+        every tensor into its view of it, then checksum and serve.
+
+        Why: the caller never needs the whole state at once anywhere but in this one snapshot; a
+        ZeRO-3 learner gathers a group of parameters, copies it into its views and lets it go.
+        ``fill`` runs on the calling thread; subscribers asking meanwhile get `NoVersion`.
+        """
         if self._latest_version is not None and version <= self._latest_version:
             raise ValueError(f"weight version {version} is not newer than {self._latest_version}")
         with self._lock:
@@ -218,20 +298,23 @@ class WeightPublisher:
             del previous  # the caller's reference too: only in-flight frames may keep it alive
             released = self._wait_released(ref)
         t0 = time.perf_counter()
+        entries, total = layout(specs)
+        buf = self._alloc(total, version, rewrite=released)
         try:
-            manifest, buf = pack(version, state_dict, self.cfg.bucket_bytes,
-                                 alloc=lambda n: self._alloc(n, version, rewrite=released))
+            fill(_unpack_entries(entries, buf))
+            manifest = _finish(version, entries, total, buf, self.cfg.bucket_bytes)
         finally:
             if self._shm is not None:
                 self._shm.done_writing()
+        manifest = msgspec.structs.replace(manifest, stream_ports=[s.port for s in self._servers[1:]])
         if self._shm is not None:
             manifest = msgspec.structs.replace(manifest, shm_path=str(self._shm.path), host=self._host)
         with self._lock:
             self._latest = (manifest, buf, _buckets(manifest.total_nbytes, manifest.bucket_nbytes))
             self._latest_version = version
-        log.info("published weight version %d: %d tensors, %.1f MiB in %d buckets (%.2fs)", version,
-                 len(manifest.tensors), manifest.total_nbytes / 2**20, len(manifest.bucket_checksums),
-                 time.perf_counter() - t0)
+        log.info("published weight version %d: %d tensors, %.1f MiB in %d buckets on %d stream(s) (%.2fs)",
+                 version, len(manifest.tensors), manifest.total_nbytes / 2**20, len(manifest.bucket_checksums),
+                 len(self._servers), time.perf_counter() - t0)
         return manifest
 
     @staticmethod
@@ -252,7 +335,8 @@ class WeightPublisher:
         return True
 
     def _alloc(self, nbytes: int, version: int, rewrite: bool) -> torch.Tensor:
-        """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous.
+        """The snapshot buffer: in /dev/shm for same-host subscribers when possible, else anonymous
+        (pinned when CUDA is there, so a GPU learner's copies into it run at DMA speed).
 
         The previous /dev/shm snapshot is rewritten in place (warm pages on both sides) when it has the
         same size, no frame still references it (``rewrite``) and no subscriber holds a lease on it;
@@ -267,46 +351,49 @@ class WeightPublisher:
                 return self._shm.tensor()
             except OSError as err:
                 log.warning("weight snapshot not in /dev/shm (%s); same-host subscribers use TCP", err)
-        return torch.empty(nbytes, dtype=torch.uint8)
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._pin and nbytes > 0)
 
     def _release_shm(self) -> None:
         if self._shm is not None:
             self._shm.release()
             self._shm = None
 
-    def _serve(self) -> None:
-        sock = self._server.sock
+    def _serve(self, server: ServerSocket) -> None:
+        sock = server.sock
+        stream = self._servers.index(server)
         while not self._stop.is_set():
             if not sock.poll(100, zmq.POLLIN):
                 continue
             try:
                 identity, *frames = sock.recv_multipart(copy=False)
-                self._handle(identity.bytes, frames)
+                if self._handle(server, identity.bytes, frames):
+                    self.buckets_served[stream] += 1
             except zmq.ZMQError as err:  # e.g. the requester vanished before we replied
-                log.debug("weight publisher %s: %s", self.address, err)
+                log.debug("weight publisher %s: %s", server.address, err)
             except Exception:  # never let one request kill the serving thread
-                log.exception("weight publisher %s failed on a request", self.address)
+                log.exception("weight publisher %s failed on a request", server.address)
 
-    def _handle(self, identity: bytes, frames: list) -> None:
-        sock = self._server.sock
+    def _handle(self, server: ServerSocket, identity: bytes, frames: list) -> bool:
+        """Answer one request; True when a bucket was sent."""
+        sock = server.sock
         try:
             req, _ = decode(frames, _REQUESTS, max_frame_bytes=self.cfg.max_frame_bytes, max_tensors=0)
         except WireError as err:
-            log.warning("weight publisher %s rejected a request: %s", self.address, err)
+            log.warning("weight publisher %s rejected a request: %s", server.address, err)
             sock.send_multipart([identity, *encode(Reject(str(err)))])
-            return
+            return False
         if isinstance(req, VersionReport):
             with self._lock:
                 self._reports[req.subscriber_id] = req.version
                 self._reports.move_to_end(req.subscriber_id)
                 while len(self._reports) > MAX_REPORTED_SUBSCRIBERS:  # a flood of ids must not grow memory
                     self._reports.popitem(last=False)
-            return
+            return False
         with self._lock:
             latest = self._latest
         if latest is None:
             sock.send_multipart([identity, *encode(NoVersion("no version published yet", self._latest_version))])
-            return
+            return False
         manifest, buf, spans = latest
         if isinstance(req, ManifestRequest):
             if req.version is not None and req.version != manifest.version:
@@ -314,21 +401,24 @@ class WeightPublisher:
                                                                  manifest.version))])
             else:
                 sock.send_multipart([identity, *encode(manifest)])
-            return
+            return False
         if req.version != manifest.version or not 0 <= req.index < len(spans):
             sock.send_multipart([identity, *encode(NoVersion(
                 f"bucket {req.index} of version {req.version} is not served", manifest.version))])
-            return
+            return False
         start, end = spans[req.index]
         chunks = {str(i): buf[s:min(s + CHUNK_BYTES, end)] for i, s in enumerate(range(start, end, CHUNK_BYTES))}
         header = encode(WeightBucket(manifest.version, req.index, end - start,
                                      manifest.bucket_checksums[req.index]), chunks)
         sock.send_multipart([identity, *header], copy=False)  # the frame aliases the snapshot
+        return True
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
-        self._server.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for server in self._servers:
+            server.close()
         self._release_shm()
 
 
@@ -363,7 +453,12 @@ class WeightSubscriber:
         self._staging: torch.Tensor | None = None
         self._max_chunks = -(-cfg.bucket_bytes // CHUNK_BYTES)
         self.subscriber_id = subscriber_id or uuid.uuid4().hex[:12]
+        self._keys, self._server_public = keys, server_public
         self._client = ClientSocket(address, cfg, keys, server_public=server_public)
+        self._streams: list[ClientSocket] = []  # the publisher's other serving sockets
+        self._stream_ports: list[int] = []
+        # where this subscriber starts in the round-robin, so many subscribers do not all ask stream 0 first
+        self._stream_offset = xxhash.xxh3_64_intdigest(self.subscriber_id.encode())
         self.current_version: int | None = None
         self.last_path: str | None = None
         """How the last version arrived: ``"shm"`` (same-host snapshot) or ``"tcp"``."""
@@ -394,6 +489,7 @@ class WeightSubscriber:
             if self.current_version is not None and msg.version <= self.current_version:
                 return None
             _check_manifest(msg, self.address)
+            self._connect_streams(msg.stream_ports)
             state = self._pull(msg, limit)
             if state is None:
                 continue
@@ -416,20 +512,25 @@ class WeightSubscriber:
             return local
         buf = self._buffer(manifest.total_nbytes)
         raw = buf.numpy()
-        todo = list(range(len(spans)))
-        outstanding: set[int] = set()
-        while todo or outstanding:
-            while todo and len(outstanding) < self.cfg.weight_window:
-                i = todo.pop(0)
-                self._send(BucketRequest(manifest.version, i), limit)
-                outstanding.add(i)
-            msg, tensors = self._wait(limit, f"bucket of weight version {manifest.version}",
-                                      (WeightBucket, NoVersion))
+        clients = [self._client, *self._streams]
+        n = len(clients)
+        todo = [deque(i for i in range(len(spans)) if (i + self._stream_offset) % n == c) for c in range(n)]
+        outstanding: dict[int, int] = {}  # bucket -> the stream it was asked on
+        in_flight = [0] * n
+        while outstanding or any(todo):
+            for c, client in enumerate(clients):  # cfg.weight_window requests ahead on every stream
+                while todo[c] and in_flight[c] < self.cfg.weight_window:
+                    i = todo[c].popleft()
+                    self._send(BucketRequest(manifest.version, i), limit, client)
+                    outstanding[i] = c
+                    in_flight[c] += 1
+            c, msg, tensors = self._wait_any(clients, limit, f"bucket of weight version {manifest.version}",
+                                             (WeightBucket, NoVersion))
+            peer = clients[c].address
             if isinstance(msg, NoVersion):
-                log.info("weight version %d superseded on %s while pulling: %s", manifest.version,
-                         self.address, msg.reason)
+                log.info("weight version %d superseded on %s while pulling: %s", manifest.version, peer, msg.reason)
                 return None
-            if msg.version != manifest.version or msg.index not in outstanding:
+            if msg.version != manifest.version or outstanding.get(msg.index) != c:
                 continue  # a late reply to an abandoned pull
             start, end = spans[msg.index]
             pos = start
@@ -447,13 +548,14 @@ class WeightSubscriber:
             del tensors  # release the frames now
             if pos != end or msg.nbytes != end - start:
                 raise WeightVerificationError(
-                    f"bucket {msg.index} of version {manifest.version} from {self.address} is malformed "
+                    f"bucket {msg.index} of version {manifest.version} from {peer} is malformed "
                     f"({pos - start} of {end - start} bytes); keeping version {self.current_version}")
             if self.verify and digest.intdigest() != manifest.bucket_checksums[msg.index]:
                 raise WeightVerificationError(
-                    f"bucket {msg.index} of version {manifest.version} from {self.address} failed its "
+                    f"bucket {msg.index} of version {manifest.version} from {peer} failed its "
                     f"checksum; version refused, keeping version {self.current_version}")
-            outstanding.discard(msg.index)
+            del outstanding[msg.index]
+            in_flight[c] -= 1
         self.last_path = "tcp"
         return _unpack(manifest, buf)
 
@@ -509,40 +611,76 @@ class WeightSubscriber:
             self._staging = torch.empty(nbytes, dtype=torch.uint8)
         return self._staging
 
-    def _send(self, msg: msgspec.Struct, limit: float | None = None) -> None:
+    def _connect_streams(self, ports: list[int]) -> None:
+        """Connect to the publisher's other serving sockets (same host as `address`, ports from the
+        manifest); a manifest naming too many or impossible ports is refused."""
+        if ports == self._stream_ports:
+            return
+        if len(ports) >= MAX_STREAMS or any(not 0 < p < 65536 for p in ports):
+            raise WeightVerificationError(f"publisher {self.address} names {len(ports)} other streams "
+                                          f"(at most {MAX_STREAMS - 1}, ports 1-65535); version refused")
+        for client in self._streams:
+            client.close()
+        host = self.address.rsplit(":", 1)[0]
+        self._streams = [ClientSocket(f"{host}:{p}", self.cfg, self._keys, server_public=self._server_public)
+                         for p in ports]
+        self._stream_ports = list(ports)
+
+    def _send(self, msg: msgspec.Struct, limit: float | None = None, client: ClientSocket | None = None) -> None:
         """Send a request, waiting at most ``limit`` s for the socket to accept it (a DEALER with no
         live connection blocks); ``limit=None``: best effort, drop if it would block."""
-        sock = self._client.sock
+        client = client or self._client
+        sock = client.sock
         if limit is not None and not sock.poll(max(1, int(limit * 1000)), zmq.POLLOUT):
-            raise self._client.timeout(f"connection ready for a {type(msg).__name__}", limit)
+            raise client.timeout(f"connection ready for a {type(msg).__name__}", limit)
         try:
             sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             if limit is not None:
-                raise self._client.timeout(f"room for a {type(msg).__name__}", limit) from None
-            log.debug("dropped %s to %s: socket busy", type(msg).__name__, self.address)
+                raise client.timeout(f"room for a {type(msg).__name__}", limit) from None
+            log.debug("dropped %s to %s: socket busy", type(msg).__name__, client.address)
 
     def _wait(self, limit: float, what: str, wanted: tuple[type, ...]) -> tuple[msgspec.Struct, dict]:
-        """Next reply of a wanted type within ``limit`` s; other (stale) replies are dropped."""
-        sock = self._client.sock
+        """Next reply of a wanted type on the main socket within ``limit`` s."""
+        _, msg, tensors = self._wait_any([self._client], limit, what, wanted)
+        return msg, tensors
+
+    def _wait_any(self, clients: list[ClientSocket], limit: float, what: str,
+                  wanted: tuple[type, ...]) -> tuple[int, msgspec.Struct, dict]:
+        """Next reply of a wanted type on any of ``clients`` within ``limit`` s, with the index of the
+        stream it came on; other (stale) replies are dropped."""
+        poller = zmq.Poller()
+        for client in clients:
+            poller.register(client.sock, zmq.POLLIN)
         deadline = time.monotonic() + limit
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
-                raise self._client.timeout(what, limit)
-            frames = sock.recv_multipart(copy=False)
-            try:
-                msg, tensors = decode(frames, _REPLIES, max_frame_bytes=self.cfg.max_frame_bytes,
-                                      max_tensors=self._max_chunks)
-            except WireError as err:
-                log.warning("dropped malformed reply from %s: %s", self.address, err)
-                continue
-            if isinstance(msg, Reject):
-                raise WeightVerificationError(f"publisher {self.address} rejected our request: {msg.reason}")
-            if isinstance(msg, wanted):
-                return msg, tensors
-            log.debug("dropped stale %s from %s", type(msg).__name__, self.address)
+            ready = dict(poller.poll(max(1, int(left * 1000)))) if left > 0 else {}
+            if not ready:
+                for client in clients:  # name a stream that refused us or never connected, if any
+                    try:
+                        client.check_handshake()
+                    except PeerRefused:
+                        raise client.timeout(what, limit) from None
+                silent = next((c for c in clients if not c.handshake_ok), clients[0])
+                raise silent.timeout(what, limit)
+            for c, client in enumerate(clients):
+                if client.sock not in ready:
+                    continue
+                frames = client.sock.recv_multipart(copy=False)
+                try:
+                    msg, tensors = decode(frames, _REPLIES, max_frame_bytes=self.cfg.max_frame_bytes,
+                                          max_tensors=self._max_chunks)
+                except WireError as err:
+                    log.warning("dropped malformed reply from %s: %s", client.address, err)
+                    continue
+                if isinstance(msg, Reject):
+                    raise WeightVerificationError(f"publisher {client.address} rejected our request: {msg.reason}")
+                if isinstance(msg, wanted):
+                    return c, msg, tensors
+                log.debug("dropped stale %s from %s", type(msg).__name__, client.address)
 
     def close(self) -> None:
-        self._client.close()
+        for client in (self._client, *self._streams):
+            client.close()
         self._reader.close()

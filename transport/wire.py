@@ -165,6 +165,9 @@ class WeightManifest(_Msg, tag="weight_manifest"):
     """Same-host fast path: the snapshot's file in /dev/shm (see `stgrl.transport.shm_snapshot`)."""
     host: str | None = None
     """`shm_snapshot.host_id()` of the publisher; the fast path is tried only on the same host."""
+    stream_ports: list[int] = []
+    """Ports of the publisher's other serving sockets (same host as the one asked): a subscriber
+    spreads its bucket requests over them. Ports only, so a manifest cannot send it elsewhere."""
 
 
 class BucketRequest(_Msg, tag="bucket_request"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from stgrl.learner.actor import start_learner_group
 from stgrl.learner.batch import RLBatch
@@ -11,19 +12,24 @@ from stgrl.learner.config import LearnerConfig
 pytestmark = pytest.mark.timeout(400)
 
 
-class _Recorder:
-    """A publisher twin living inside rank 0: records what it was handed, so the test can ask."""
-
-    def __init__(self):
-        self.calls = []
-
-    def publish(self, version, state_dict):
-        self.calls.append((version, len(state_dict), sum(float(v.float().sum()) for v in state_dict.values())))
-
-
 def _cfg(zero_stage):
+    # 1 MiB gather groups: under ZeRO-3 the publisher's snapshot is filled in many groups
     return LearnerConfig(lr=5e-3, warmup_steps=1, total_steps=10, num_minibatches=2, zero_stage=zero_stage,
-                         eps_low=0.2, eps_high=0.2)
+                         eps_low=0.2, eps_high=0.2, weight_group_mib=1)
+
+
+def _pull(address):
+    """What a rollout worker gets from rank 0's publisher (TCP, several streams)."""
+    from stgrl.transport.config import TransportConfig
+    from stgrl.transport.weight_channel import WeightSubscriber
+
+    sub = WeightSubscriber(address, TransportConfig(curve="off", weight_shm=False, weight_bucket_mib=1))
+    try:
+        got = sub.poll_latest(60)
+        assert got is not None
+        return got[0], {k: v.clone() for k, v in got[1].items()}
+    finally:
+        sub.close()
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +55,20 @@ def _run(num_ranks, zero_stage, model_dir, batches, sft_examples, held_out):
         rl = [group.train_rl_batch(b) for b in batches]
         sft = group.train_sft_batch(sft_examples)
         held = group.eval_sft_loss(held_out)
-        group.attach_publisher(_Recorder)
+        from functools import partial
+
+        from stgrl.transport.config import TransportConfig
+        from stgrl.transport.weight_channel import WeightPublisher
+
+        address = group.attach_publisher(partial(WeightPublisher, TransportConfig(
+            curve="off", weight_shm=False, weight_bucket_mib=1, weight_streams=3)))
         pub = group.publish_weights(version=1)
+        version, pulled = _pull(address)
         state = group.full_state_dict()
+        # the workers get exactly the learner's weights, gathered group by group under ZeRO-3
+        assert version == 1 and list(pulled) == list(state)
+        assert all(torch.equal(pulled[k].view(-1).view(torch.uint8), state[k].contiguous().view(-1).view(torch.uint8))
+                   for k in state)
         return rl, sft, held, pub, state, group.global_steps()
     finally:
         group.shutdown()

@@ -42,6 +42,7 @@ def _driver(root: Path, tmp_path: Path, model_path: Path):
     driver = RLDriver(cfg, tmp_path / "run", str(model_path), train, dataset_dir)
     driver.keys = None  # loopback: no CURVE (what start() decides for a local run)
     driver.publisher = WeightPublisher(cfg.transport)
+    driver.weights_address = driver.publisher.address
     driver.receiver = TrajectoryReceiver(cfg.transport, auto_commit=True)
     return driver
 

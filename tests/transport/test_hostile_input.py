@@ -261,7 +261,7 @@ def test_fuzzed_weight_requests_only_get_our_replies_and_the_publisher_keeps_ser
                 decode(reply, _REPLIES, max_frame_bytes=cfg.max_frame_bytes, max_tensors=64)
 
         check()
-        assert pub._thread.is_alive()
+        assert all(t.is_alive() for t in pub._threads)
         sub = WeightSubscriber(pub.address, cfg)
         try:
             version, state = sub.poll_latest(10)

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 import ray
 import torch
@@ -133,7 +134,7 @@ class CorruptingProxy:
 
 
 def test_a_version_with_one_corrupted_bucket_is_refused_and_the_previous_stays(tx):
-    cfg = tx.small_cfg(curve="off", weight_shm=False)
+    cfg = tx.small_cfg(curve="off", weight_shm=False, weight_streams=1)  # one stream: all through the proxy
     pub = WeightPublisher(cfg)
     proxy = CorruptingProxy(pub.address, bucket=1)
     sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
@@ -161,7 +162,7 @@ def test_a_version_with_one_corrupted_bucket_is_refused_and_the_previous_stays(t
 
 
 def test_a_version_superseded_while_pulling_is_replaced_by_the_newer_one(tx):
-    cfg = tx.small_cfg(curve="off", weight_window=1, weight_shm=False)
+    cfg = tx.small_cfg(curve="off", weight_window=1, weight_shm=False, weight_streams=1)
     pub = WeightPublisher(cfg)
     proxy = CorruptingProxy(pub.address, bucket=-1, on_first_request=lambda: pub.publish(2, state_dict(2)))
     sub = WeightSubscriber(f"tcp://127.0.0.1:{proxy.port}", cfg)
@@ -469,5 +470,51 @@ def test_publisher_rejects_malformed_requests_and_keeps_serving(tx):
         _assert_same(got, state_dict(1))
     finally:
         raw.close(0)
+        sub.close()
+        pub.close()
+
+
+@pytest.mark.parametrize("curve", ["on", "off"])
+def test_buckets_are_spread_over_every_stream_and_a_bad_one_refuses_the_version(tx, keys, curve):
+    """Several serving sockets (`transport.weight_streams`): a subscriber given only the first address
+    learns the others from the manifest, asks every one of them for buckets, and a bucket that
+    arrives corrupt on any stream refuses the whole version."""
+    cfg = tx.small_cfg(curve=curve, weight_shm=False, weight_streams=3, weight_window=1)
+    pub = WeightPublisher(cfg, keys)
+    sub = WeightSubscriber(pub.address, cfg, keys, server_public=keys.public if pub.curve else None)
+    try:
+        assert len(set(pub.addresses)) == 3 and pub.addresses[0] == pub.address
+        manifest = pub.publish(1, state_dict(1))
+        assert len(manifest.stream_ports) == 2
+        version, got = sub.poll_latest(5)
+        assert version == 1
+        _assert_same(got, state_dict(1))
+        assert all(n > 0 for n in pub.buckets_served), pub.buckets_served
+        assert sum(pub.buckets_served) == len(manifest.bucket_checksums)
+        manifest = pub.publish(2, state_dict(2))
+        pub._latest[1][manifest.bucket_nbytes + 5] ^= 0x10  # bucket 1 of the served snapshot goes bad
+        with pytest.raises(WeightVerificationError, match=r"bucket 1 of version 2 from tcp://\S+ failed its "
+                                                          r"checksum; version refused, keeping version 1"):
+            sub.poll_latest(5)
+        assert sub.current_version == 1
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_a_manifest_naming_too_many_streams_is_refused(tx):
+    from stgrl.transport.weight_channel import MAX_STREAMS
+
+    cfg = tx.small_cfg(curve="off", weight_shm=False, weight_streams=1)
+    pub = WeightPublisher(cfg)
+    sub = WeightSubscriber(pub.address, cfg)
+    try:
+        pub.publish(1, state_dict(1))
+        manifest, buf, spans = pub._latest
+        pub._latest = (msgspec.structs.replace(manifest, stream_ports=[1] * MAX_STREAMS), buf, spans)
+        with pytest.raises(WeightVerificationError, match="names 64 other streams"):
+            sub.poll_latest(5)
+        assert sub.current_version is None
+    finally:
         sub.close()
         pub.close()
