@@ -26,6 +26,7 @@ from stgrl.learner.config import LearnerConfig
 from stgrl.learner.ds_config import build_ds_config
 from stgrl.learner.rendezvous import rendezvous_store
 from stgrl.learner.schedule import warmup_cosine
+from stgrl.transport.security import CurveKeys
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ class WorldInfo:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     local_rank: int = 0
-    store_keys: Any = field(default=None, repr=False)
-    """The group's CURVE key pair (`stgrl.transport.security.CurveKeys`) for its authenticated
+    store_keys: CurveKeys | None = field(default=None, repr=False)
+    """The group's CURVE key pair for its authenticated
     rendezvous store, the same on every rank; a world of one needs none."""
 
 

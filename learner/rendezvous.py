@@ -98,7 +98,7 @@ def rendezvous_store(master_addr: str, master_port: int, rank: int, world_size: 
     if keys is None:
         raise RendezvousError(f"learner rank {rank} of {world_size}: no rendezvous keys; the ranks of one group "
                               "must share the group's key pair (start_learner_group makes one)")
-    cfg = TransportConfig(bind_host=master_addr, curve="on", timeout_s=timeout_s)
+    cfg = TransportConfig(bind_host=master_addr, timeout_s=timeout_s)  # the store forces CURVE itself
     server = None
     if rank == 0:
         try:

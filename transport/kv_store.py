@@ -19,6 +19,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
@@ -200,7 +201,7 @@ class KVClient:
         self._lock = threading.Lock()
         self._rids = itertools.count()
 
-    def request(self, op: str, keys: list[bytes] = (), *, value: bytes = b"", expected: bytes = b"",
+    def request(self, op: str, keys: Sequence[bytes] = (), *, value: bytes = b"", expected: bytes = b"",
                 amount: int = 0, timeout_s: float | None = None) -> KVReply:
         """Send one request and wait for its reply; raises `KVError` on a refusal or a timeout."""
         limit = self.timeout_s if timeout_s is None else timeout_s
