@@ -22,7 +22,6 @@ with half-applied optimizer state, so the stage fails (`PipelineError` naming th
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,36 +32,12 @@ import msgspec
 from stgrl.orchestration.config import Config
 from stgrl.orchestration.ledger import Ledger, StepEntry
 from stgrl.orchestration.prompt_source import prompts_for_step
+from stgrl.orchestration.rollout_pool import PipelineError, RolloutPool
+from stgrl.orchestration.step_metrics import StepTimes, step_metrics
+
+__all__ = ["PipelineError", "RLDriver", "scoring_samples", "truncate_after"]
 
 log = logging.getLogger(__name__)
-
-
-class PipelineError(RuntimeError):
-    """The RL pipeline cannot continue; the message names the pool and what it waited for."""
-
-
-def worker_failure(err: BaseException) -> str:
-    """The worker-side exception inside a Ray error, as `Type: message` (first line of each)."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException) and cause is not err:
-        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
-    lines = [ln for ln in str(err).splitlines() if ln.strip()]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
-
-
-def proximity_sigma(step: int, total_steps: int, sigma0: float, sigma_min: float) -> float:
-    """σ(p) = max(σ_min, σ_0 (1 - p)), p = (step + 1) / total_steps (docs/design.md §3), for the report."""
-    p = (step + 1) / max(1, total_steps)
-    return max(sigma_min, sigma0 * (1.0 - p))
-
-
-def prompt_id(record: Any) -> str:
-    return str(record.id)
-
-
-def group_id(step: int, pid: str) -> str:
-    """Deterministic per (step, prompt): a regenerated group de-duplicates against the original."""
-    return f"{step}/{pid}"
 
 
 def scoring_samples(group: Any) -> list[Any]:
@@ -88,29 +63,28 @@ class RLDriver:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.version = 0
         self.start_step = 0
-        self.workers: list[Any] = []
-        # worker index -> pending ping: died (restarting or gone) or just started (not yet placed/loaded)
-        self._suspect: dict[int, Any] = {}
-        self._removed: set[int] = set()
-        self._unavailable_since: dict[int, float] = {}  # worker -> first ActorUnavailableError of its ping
-        self._last_scale = 0.0
+        self.pool = RolloutPool(cfg, self._worker_spec)
         self.learners: Any = None
         self.reward_handles: list[Any] = []
         self.reward_client: Any = None
-        self.receiver: Any = None
         self.publisher: Any = None  # a driver-side publisher (tests without learners); normally rank 0 owns it
         self.weights_address: str | None = None
-        self._buffer: dict[int, dict[str, tuple[Any, dict]]] = defaultdict(dict)
-        self._dupes: dict[int, int] = defaultdict(int)
-        self._requeued: dict[int, list[str]] = defaultdict(list)
-        self._skipped: dict[int, list[str]] = defaultdict(list)
-        self._assigned: dict[int, list[Any]] = {}
-        self._expected: dict[int, set[str]] = {}  # step -> group ids it was dispatched; others are dropped
-        self.unexpected_groups = 0
-        """Groups that arrived for no dispatched prompt (a stranger, or a re-send after its step ended)."""
-        self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
-        self._worker_busy_s: float = 0.0
+        self.keys: Any = None
         self._step = 0  # the step in progress, for errors
+
+    @property
+    def receiver(self) -> Any:
+        """The driver's `TrajectoryReceiver` (the rollout pool drains it)."""
+        return self.pool.receiver
+
+    @receiver.setter
+    def receiver(self, value: Any) -> None:
+        self.pool.receiver = value
+
+    @property
+    def workers(self) -> list[Any]:
+        """The rollout workers' handles, by index (an elastic pool keeps removed workers' slots)."""
+        return self.pool.workers
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
@@ -146,91 +120,20 @@ class RLDriver:
         self.weights_address = self.learners.attach_publisher(partial(WeightPublisher, tcfg, self.keys))
         self._publish_weights()
         self.receiver = TrajectoryReceiver(tcfg, self.keys, auto_commit=True)
-        self.workers = [self._start_worker(i) for i in range(cfg.rollout.num_workers)]
+        self.pool.start(cfg.rollout.num_workers)
 
-    def _start_worker(self, index: int) -> Any:
-        """One rollout worker (resource `rollout`). Fixed pool: Ray restarts a dead worker (3 times).
-        Elastic pool: no restart (its node may be gone for good); `_scale_pool` starts a new worker
-        wherever a `rollout` resource is free instead."""
-        from stgrl.actors.rollout_worker import RolloutWorkerSpec, rollout_worker_actor
+    def _worker_spec(self, index: int) -> Any:
+        """Rollout worker `index`'s spec: this run's model, data, channels and keys."""
+        from stgrl.actors.rollout_worker import RolloutWorkerSpec
 
         cfg = self.cfg
-        spec = RolloutWorkerSpec(
+        return RolloutWorkerSpec(
             worker_id=f"rollout-{index}", model_path=self.model_path, dataset_dir=str(self.dataset_dir.resolve()),
             weights_address=self.weights_address, trajectories_address=self.receiver.address,
             rollout=cfg.rollout, data=cfg.data, transport=cfg.transport,
             curve_keys=self.keys, server_public=self.keys.public if self.keys else None,
             dtype=cfg.model.dtype, seed=cfg.run.seed, torch_threads=cfg.run.torch_threads,
         )
-        return rollout_worker_actor(spec, max_restarts=0 if cfg.rollout.elastic else 3, max_task_retries=0)
-
-    def live_workers(self) -> list[int]:
-        """Indices of workers that take work now (not dead, restarting or removed)."""
-        return [i for i in range(len(self.workers)) if i not in self._suspect and i not in self._removed]
-
-    def _check_suspects(self) -> None:
-        """A new or died worker (re)joins the pool once it answers a ping (placed and loaded, or
-        restarted by Ray); a permanently dead one is removed from the pool (its node left)."""
-        import ray
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        for i, ref in list(self._suspect.items()):
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                continue
-            del self._suspect[i]
-            try:
-                ray.get(ref)
-                self._unavailable_since.pop(i, None)
-                log.info("rollout worker %d joined the pool", i, extra={"console": True})
-            except ActorUnavailableError as e:
-                if self.cfg.rollout.elastic:  # no restarts in an elastic pool: its node is gone
-                    self._removed.add(i)
-                    log.warning("rollout worker %d is unreachable (%s); removed from the pool", i, e)
-                    continue
-                # "The actor was restarted" / temporarily unreachable: Ray is bringing it back. Ping
-                # again (bounded: a worker unreachable for 10 transport timeouts is dropped).
-                since = self._unavailable_since.setdefault(i, time.monotonic())
-                if time.monotonic() - since > self.cfg.transport.timeout_s * 10:
-                    self._removed.add(i)
-                    log.warning("rollout worker %d unreachable for %.0fs (%s); removed from the pool", i,
-                                time.monotonic() - since, e)
-                else:
-                    log.info("rollout worker %d is restarting; pinging it again", i)
-                    self._suspect[i] = self.workers[i].version.remote()
-            except RayActorError:
-                self._unavailable_since.pop(i, None)
-                self._removed.add(i)
-                log.warning("rollout worker %d is gone for good; removed from the pool", i)
-
-    def _scale_pool(self) -> None:
-        """Elastic rollout (`rollout.elastic`): a free `rollout` resource (a node joined, or a worker
-        left) gets a new worker, which pulls the latest weights before its first group."""
-        import ray
-
-        self._check_suspects()
-        if not self.cfg.rollout.elastic:
-            return
-        now = time.monotonic()
-        if now - self._last_scale < self.cfg.rollout.elastic_check_s:
-            return
-        self._last_scale = now
-        limit = self.cfg.rollout.max_workers or 1 << 30
-        # Capacity is the cluster's total `rollout` resource: a worker being created does not show in
-        # the free resources yet, so counting free units would start workers that can never be placed.
-        target = min(limit, int(ray.cluster_resources().get("rollout", 0.0)))
-        while len(self.live_workers()) + len(self._suspect) < target:
-            index = len(self.workers)
-            self.workers.append(self._start_worker(index))
-            self._suspect[index] = self.workers[index].version.remote()  # gets work once it answers
-            log.info("elastic rollout: started worker %d (%d live)", index, len(self.live_workers()))
-        # Capacity shrank (a node left) while workers still wait to be placed: they never will be.
-        excess = len(self.live_workers()) + len(self._suspect) - target
-        for i in sorted(self._suspect, reverse=True)[: max(0, excess)]:
-            ray.kill(self.workers[i])
-            del self._suspect[i]
-            self._removed.add(i)
-            log.info("elastic rollout: dropped unplaced worker %d (capacity now %d)", i, target)
 
     def _publish_weights(self) -> float:
         """Rank 0 snapshots and serves `self.version` (ZeRO-3: gathered group by group); the driver
@@ -240,135 +143,15 @@ class RLDriver:
         log.debug("weight version %d published by learner rank 0: %s", self.version, timings)
         return time.perf_counter() - t0
 
-    # ---------------------------------------------------------------- generation
-    def _dispatch(self, step: int) -> None:
-        """Assign step's prompts to workers round-robin in contiguous chunks; remember who has what."""
-        from stgrl.learner.batch import even_split
-
-        records = prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
-        self._assigned[step] = records
-        self._expect(step, records)
-        self._scale_pool()
-        live = self.live_workers()
-        if not live:
-            raise PipelineError(f"step {step}: no live rollout worker (all {len(self.workers)} died or left)")
-        self._inflight[step] = []
-        for w, chunk in zip(live, even_split(records, len(live))):
-            if chunk:
-                self._inflight[step].append(self._submit(step, w, chunk))
-
-    def _expect(self, step: int, records: list[Any]) -> None:
-        """From now on, groups of ``records`` for ``step`` are accepted by `_drain`."""
-        self._expected[step] = {group_id(step, prompt_id(r)) for r in records}
-
-    def _min_version(self, step: int) -> int:
-        """Oldest policy version allowed to generate `step` (the async staleness bound; sync: `step`)."""
-        return max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
-
-    def _submit(self, step: int, w: int, chunk: list[Any]) -> tuple[Any, int, list[Any]]:
-        """Send `chunk` of step's prompts to worker `w`; returns the in-flight entry (ref, worker, chunk)."""
-        payload = [msgspec.to_builtins(r) for r in chunk]
-        return self.workers[w].generate.remote(payload, step, self._min_version(step)), w, chunk
-
-    def _drain(self, timeout_s: float) -> None:
-        """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
-        from stgrl.transport.endpoints import TransportTimeout
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                group, tensors = self.receiver.recv(timeout=max(0.001, min(left, 0.05)))
-            except TransportTimeout:
-                if time.monotonic() >= deadline:
-                    return
-                continue
-            if group.group_id not in self._expected.get(group.step, ()):
-                # Only groups of dispatched prompts are held: anything else (a forged group on the
-                # port, a late re-send of a finished step) would otherwise stay in memory for good.
-                self.unexpected_groups += 1
-                log.log(logging.WARNING if self.unexpected_groups <= 10 else logging.DEBUG,
-                        "dropped trajectory group %r (step %d): no such prompt is in flight (%d dropped)",
-                        group.group_id[:80], group.step, self.unexpected_groups)
-                continue
-            bucket = self._buffer[group.step]
-            if group.group_id in bucket:
-                self._dupes[group.step] += 1
-                continue
-            bucket[group.group_id] = (group, tensors)
+    # ---------------------------------------------------------------- one step's parts
+    def _prompts(self, step: int) -> list[Any]:
+        """Step's prompts: a pure function of (seed, step), so a resumed run gets the same ones."""
+        return prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
 
     def _collect(self, step: int) -> list[tuple[Any, dict]]:
-        """Wait until every prompt of `step` delivered a group; re-queue the work of dead workers."""
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        """Every group of `step` from the rollout pool (waits; re-queues a dead worker's prompts)."""
+        return self.pool.collect(step)
 
-        expected = {group_id(step, prompt_id(r)) for r in self._assigned[step]}
-        deadline = time.monotonic() + self.cfg.transport.timeout_s * 10
-        while True:
-            self._drain(0.05)
-            self._scale_pool()
-            have = expected & set(self._buffer[step])
-            if have == expected:
-                break
-            pending = []
-            for ref, w, chunk in self._inflight[step]:
-                ready, _ = ray.wait([ref], timeout=0)
-                if not ready:
-                    pending.append((ref, w, chunk))
-                    continue
-                try:
-                    ray.get(ref)
-                except RayTaskError as e:
-                    # The worker raised (its engine refused a weight version, or generation failed): the
-                    # same input fails on every worker, so re-queueing would only repeat it.
-                    raise PipelineError(f"step {step}: rollout worker {w} failed: {worker_failure(e)}") from e
-                except RayActorError as e:
-                    if getattr(e, "actor_init_failed", False):
-                        # Its constructor raised (the engine did not start): Ray does not restart it.
-                        raise PipelineError(f"step {step}: rollout worker {w} could not start its engine "
-                                            f"(rollout.engine={self.cfg.rollout.engine}): {worker_failure(e)}") from e
-                    missing = [r for r in chunk if group_id(step, prompt_id(r)) not in self._buffer[step]]
-                    log.warning("rollout worker %d died during step %d (%s); re-queueing %d prompt(s)",
-                                w, step, type(e).__name__, len(missing))
-                    if w not in self._suspect and w not in self._removed:
-                        self._suspect[w] = self.workers[w].version.remote()
-                    self._requeued[step] += [prompt_id(r) for r in missing]
-                    if missing:
-                        pending.append(self._submit(step, self._pick_worker(exclude=w), missing))
-                    continue
-            self._inflight[step] = pending
-            if not pending:
-                # Every call returned, and a worker returns only after the receiver acknowledged each
-                # group it sent: a group still missing was skipped by the worker (bad media, logged
-                # there). It is counted in the ledger, not trained.
-                self._drain(0.2)
-                have = expected & set(self._buffer[step])
-                skipped = sorted(expected - have)
-                if skipped:
-                    log.warning("step %d: %d prompt(s) skipped by the rollout pool (bad media): %s",
-                                step, len(skipped), skipped[:5])
-                    self._skipped[step] = [g.split("/", 1)[1] for g in skipped]
-                expected = have
-                break
-            if time.monotonic() > deadline:
-                raise PipelineError(f"step {step}: waited {self.cfg.transport.timeout_s * 10:.0f}s for "
-                                    f"{len(expected - have)} group(s) from the rollout pool")
-        return [self._buffer[step][g] for g in sorted(expected)]
-
-    def _pick_worker(self, exclude: int) -> int:
-        """A live worker other than `exclude` (the next one after it), waiting for one if need be."""
-        deadline = time.monotonic() + self.cfg.transport.timeout_s
-        while True:
-            self._scale_pool()
-            live = [i for i in self.live_workers() if i != exclude] or self.live_workers()
-            if live:
-                after = [i for i in live if i > exclude]
-                return (after or live)[0]
-            if time.monotonic() > deadline:
-                raise PipelineError(f"no live rollout worker to re-queue work to within {self.cfg.transport.timeout_s}s")
-            time.sleep(0.5)
-
-    # ---------------------------------------------------------------- scoring + training
     def _score(self, groups: list[tuple[Any, dict]], step: int) -> tuple[list[list[float]], dict[str, float], float]:
         samples, owners = [], []
         for gi, (g, _) in enumerate(groups):
@@ -432,7 +215,7 @@ class RLDriver:
             self._step = step
             t_step = time.perf_counter()
             while next_dispatch <= min(step + lookahead, total - 1):
-                self._dispatch(next_dispatch)
+                self.pool.dispatch(next_dispatch, self._prompts(next_dispatch))
                 next_dispatch += 1
             t_wait = time.perf_counter()
             groups = self._collect(step)
@@ -444,52 +227,15 @@ class RLDriver:
             self.version += 1
             sync_s = self._publish_weights()
             step_s = time.perf_counter() - t_step
-            entry = StepEntry(step=step, assigned=[prompt_id(r) for r in self._assigned.pop(step)],
-                              trained=[g.prompt_id for g, _ in groups],
-                              policy_versions=[g.policy_version for g, _ in groups],
-                              requeued=self._requeued.pop(step, []), skipped=self._skipped.pop(step, []),
-                              duplicates_dropped=self._dupes.pop(step, 0))
-            self.ledger.record(entry)
-            self._buffer.pop(step, None)
-            self._expected.pop(step, None)
-            self._inflight.pop(step, None)
-            n_tokens = sum(len(c.token_ids) for g, _ in groups for c in g.completions)
-            gen_s = max((g.timings.get("generate_s", 0.0) for g, _ in groups), default=0.0)
-            gen_total = sum(g.timings.get("generate_s", 0.0) for g, _ in groups)
-            n_samples = sum(len(g.completions) for g, _ in groups)
-            all_rewards = [x for r in rewards for x in r]
-            lag = [step - g.policy_version for g, _ in groups]
-            live = len(self.live_workers())  # an elastic pool keeps dead workers' slots in self.workers
-            metrics = {
-                "train/reward_mean": sum(all_rewards) / max(1, len(all_rewards)),
-                "train/zero_std_groups": train.get("zero_std_groups", 0.0),
-                "rollout/tokens_per_s": pool_rate(n_tokens, gen_total, live),
-                "rollout/samples_per_s": pool_rate(n_samples, gen_total, live),
-                "rollout/queue_depth": float(sum(len(b) for s, b in self._buffer.items() if s > step)),
-                "rollout/live_workers": float(len(self.live_workers())),
-                "reward/requests_per_s": len(all_rewards) / max(1e-9, reward_latency),
-                "reward/latency_s": reward_latency,
-                "reward/sigma": proximity_sigma(step, total, cfg.reward.sigma0, cfg.reward.sigma_min),
-                **comps,
-                "learner/step_time_s": train_s,
-                "learner/tokens_per_s": train.get("tokens", 0.0) / max(1e-9, train_s),
-                "learner/clip_fraction": train.get("clip_fraction", 0.0),
-                "learner/is_weight": train.get("is_weight_mean", 1.0),
-                "learner/loss": train.get("loss", math.nan),
-                "learner/logprob_gap": train.get("behaviour_gap", math.nan),
-                "learner/ratio_abs_dev_last": train.get("ratio_abs_dev_last", math.nan),
-                "weights/sync_time_s": sync_s,
-                "weights/version_lag": sum(lag) / max(1, len(lag)),
-                "weights/version_lag_max": float(max(lag, default=0)),
-                "pipeline/idle_ratio/learner": max(0.0, 1.0 - train_s / max(1e-9, step_s)),
-                "pipeline/idle_ratio/rollout": max(0.0, 1.0 - min(1.0, gen_total / max(1e-9, step_s * max(1, live)))),
-                **{f"learner/{k}": train[k] for k in ("time_old_logprobs_s", "time_forward_s", "time_backward_s",
-                                                      "time_optimizer_s") if k in train},
-                "rollout/generate_total_s": gen_total,
-                "pipeline/step_time_s": step_s,
-                "pipeline/wait_rollout_s": wait_s,
-                "pipeline/generate_max_s": gen_s,
-            }
+            done = self.pool.finish(step)
+            self.ledger.record(StepEntry(step=step, assigned=done.assigned, trained=[g.prompt_id for g, _ in groups],
+                                         policy_versions=[g.policy_version for g, _ in groups],
+                                         requeued=done.requeued, skipped=done.skipped,
+                                         duplicates_dropped=done.duplicates_dropped))
+            times = StepTimes(step_s=step_s, wait_rollout_s=wait_s, train_s=train_s, sync_s=sync_s,
+                              reward_latency_s=reward_latency)
+            metrics = step_metrics(cfg, step, [g for g, _ in groups], rewards, comps, train, times,
+                                   live_workers=len(self.pool.live()), queue_depth=self.pool.queue_depth(step))
             sink.log(step, metrics, policy_version=self.version)
             last = metrics
             if progress is not None:
@@ -509,7 +255,8 @@ class RLDriver:
 
         if self.reward_client is not None:
             self.reward_client.close()
-        for h in [*self.workers, *self.reward_handles]:
+        self.pool.kill()
+        for h in self.reward_handles:
             try:
                 ray.kill(h)
             except Exception:
@@ -523,14 +270,6 @@ class RLDriver:
         for ch in (self.receiver, self.publisher):
             if ch is not None:
                 ch.close()
-
-
-def pool_rate(amount: float, busy_s_total: float, live_workers: int) -> float:
-    """Per-second rate of the rollout pool: `amount` (tokens, samples) over the pool's wall time, i.e.
-    the summed generate time spread over the workers that are live now. Workers that died or left
-    do not count: dividing by every worker ever started understates the rate of a pool that lost or
-    replaced workers (an elastic pool's list keeps their slots)."""
-    return amount / max(1e-9, busy_s_total / max(1, live_workers))
 
 
 def truncate_after(run_dir: Path, next_step: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from stgrl.orchestration.metric_names import DRIVER_OWNED, METRIC_NAMES, REWARD_COMPONENTS, SHARD_OWNED
-from stgrl.orchestration.rl_loop import pool_rate
+from stgrl.orchestration.step_metrics import pool_rate
 
 pytestmark = pytest.mark.timeout(120)
 

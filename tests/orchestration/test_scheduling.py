@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from stgrl.orchestration.ledger import Ledger, LedgerError, StepEntry, check_entry, check_ledger
 from stgrl.orchestration.prompt_source import prompts_for_step
-from stgrl.orchestration.rl_loop import group_id, proximity_sigma
+from stgrl.orchestration.rollout_pool import group_id
+from stgrl.orchestration.step_metrics import proximity_sigma
 
 
 @given(n=st.integers(1, 50), per_step=st.integers(1, 20), seed=st.integers(0, 5))

@@ -40,25 +40,24 @@ def test_a_worker_restarted_by_ray_rejoins_the_pool(ray_cluster, tmp_path):
     import ray
     from ray.exceptions import ActorUnavailableError
 
-    from stgrl.orchestration.rl_loop import RLDriver
+    from stgrl.orchestration.rollout_pool import RolloutPool
 
-    cfg = load_config(None)
-    driver = RLDriver(cfg, tmp_path / "run", "unused", [], tmp_path)
+    pool = RolloutPool(load_config(None))
     worker = _pingable_actor(ray).remote()
     pid = ray.get(worker.pid.remote(), timeout=60)
-    driver.workers = [worker]
+    pool.workers = [worker]
     in_flight = worker.version.remote(5.0)
     time.sleep(1.0)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(ActorUnavailableError):  # what the driver's ping sees: transient, not death
         ray.get(in_flight, timeout=60)
-    driver._suspect[0] = in_flight
+    pool.suspect[0] = in_flight
     deadline = time.monotonic() + 60
-    while 0 in driver._suspect and time.monotonic() < deadline:
-        driver._check_suspects()
+    while 0 in pool.suspect and time.monotonic() < deadline:
+        pool.check_suspects()
         time.sleep(0.2)
-    assert 0 not in driver._removed, "a worker Ray restarted was dropped from the pool"
-    assert driver.live_workers() == [0]
+    assert 0 not in pool.removed, "a worker Ray restarted was dropped from the pool"
+    assert pool.live() == [0]
     assert ray.get(worker.pid.remote(), timeout=60) != pid
     ray.kill(worker)
 
@@ -67,19 +66,19 @@ def test_a_killed_actor_for_good_is_still_removed(ray_cluster, tmp_path):
     """The other side of the same rule: an actor that is dead for good (no restarts left) leaves."""
     import ray
 
-    from stgrl.orchestration.rl_loop import RLDriver
+    from stgrl.orchestration.rollout_pool import RolloutPool
 
-    driver = RLDriver(load_config(None), tmp_path / "run", "unused", [], tmp_path)
+    pool = RolloutPool(load_config(None))
     worker = _pingable_actor(ray).remote()
     ray.get(worker.pid.remote(), timeout=60)
     ray.kill(worker, no_restart=True)
-    driver.workers = [worker]
-    driver._suspect[0] = worker.version.remote()
+    pool.workers = [worker]
+    pool.suspect[0] = worker.version.remote()
     deadline = time.monotonic() + 60
-    while 0 in driver._suspect and time.monotonic() < deadline:
-        driver._check_suspects()
+    while 0 in pool.suspect and time.monotonic() < deadline:
+        pool.check_suspects()
         time.sleep(0.2)
-    assert driver._removed == {0} and driver.live_workers() == []
+    assert pool.removed == {0} and pool.live() == []
 
 
 _STALE_CLUSTER = r"""

@@ -48,10 +48,7 @@ def _driver(root: Path, tmp_path: Path, model_path: Path):
 
 
 def _close(driver) -> None:
-    import ray
-
-    for w in driver.workers:
-        ray.kill(w)
+    driver.pool.kill()
     driver.publisher.close()
     driver.receiver.close()
 
@@ -64,8 +61,8 @@ def test_a_refused_weight_version_fails_the_step_naming_worker_and_cause(ray_clu
         # A version whose names the engine does not know: the worker's engine refuses it while it
         # syncs before generating (the RayTaskError the loop used to let through unexplained).
         driver.publisher.publish(0, {"model.bogus.weight": torch.zeros(3)})
-        driver.workers = [driver._start_worker(0)]
-        driver._dispatch(0)
+        driver.pool.start(1)
+        driver.pool.dispatch(0, driver._prompts(0))
         with pytest.raises(PipelineError, match=r"step 0: rollout worker 0 failed: KeyError: .*unknown weight names "
                                                 r"\['model.bogus.weight'\]"):
             driver._collect(0)
@@ -81,8 +78,8 @@ def test_an_engine_that_cannot_start_fails_the_step_naming_the_engine(ray_cluste
     driver = _driver(workspace, tmp_path, empty)
     try:
         driver.publisher.publish(0, {"x": torch.zeros(1)})
-        driver.workers = [driver._start_worker(0)]
-        driver._dispatch(0)
+        driver.pool.start(1)
+        driver.pool.dispatch(0, driver._prompts(0))
         with pytest.raises(PipelineError, match=r"step 0: rollout worker 0 could not start its engine "
                                                 r"\(rollout.engine=hf\)"):
             driver._collect(0)

@@ -280,14 +280,13 @@ def test_the_driver_holds_only_groups_of_prompts_it_dispatched(tx, tmp_path):
     from types import SimpleNamespace
 
     from stgrl.orchestration.config import load_config
-    from stgrl.orchestration.rl_loop import RLDriver
+    from stgrl.orchestration.rollout_pool import RolloutPool
 
     cfg = tx.small_cfg(curve="off", max_frame_mib=8)
-    driver = RLDriver(load_config(None), tmp_path / "run", "unused", [], tmp_path)
-    driver.receiver = TrajectoryReceiver(cfg, None, auto_commit=True)
-    senders = [TrajectorySender(driver.receiver.address, cfg) for _ in range(3)]
+    pool = RolloutPool(load_config(None), receiver=TrajectoryReceiver(cfg, None, auto_commit=True))
+    senders = [TrajectorySender(pool.receiver.address, cfg) for _ in range(3)]
     try:
-        driver._expect(0, [SimpleNamespace(id="p1")])
+        pool.expect(0, [SimpleNamespace(id="p1")])
         big = {"pixel_values": torch.zeros(4 << 20, dtype=torch.uint8)}
         for i, sender in enumerate(senders):
             for j in range(3):
@@ -295,11 +294,11 @@ def test_the_driver_holds_only_groups_of_prompts_it_dispatched(tx, tmp_path):
         senders[0].send(tx.make_group(55, step=0), big)  # dispatched step, prompt it never got
         senders[1].send(tx.make_group(1, step=0), tx.make_tensors(1))  # the one expected group
         deadline = time.monotonic() + 20
-        while driver.unexpected_groups < 10 and time.monotonic() < deadline:
-            driver._drain(0.2)
-        assert {s: list(b) for s, b in driver._buffer.items() if b} == {0: ["0/p1"]}
-        assert driver.unexpected_groups == 10
+        while pool.unexpected_groups < 10 and time.monotonic() < deadline:
+            pool.drain(0.2)
+        assert {s: list(b) for s, b in pool.buffer.items() if b} == {0: ["0/p1"]}
+        assert pool.unexpected_groups == 10
     finally:
         for sender in senders:
             sender.close()
-        driver.receiver.close()
+        pool.receiver.close()
