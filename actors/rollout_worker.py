@@ -52,6 +52,9 @@ class RolloutWorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """The learner's `WeightPublisher`; None: keep the checkpoint's weights (version -1)."""
     trajectories_address: str | None = None
     """The consumer's `TrajectoryReceiver`; None: `generate` is unavailable, use `generate_groups`."""
+    learner_addresses: list[str] = []
+    """The learner ranks' trajectory inboxes, by rank. Set: each group goes whole (tensors) to the rank
+    `generate`'s ``destinations`` names, and a copy without tensors to ``trajectories_address``."""
     rollout: RolloutConfig = msgspec.field(default_factory=RolloutConfig)
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
@@ -120,6 +123,7 @@ class RolloutWorkerImpl:
 
             self._sender = TrajectorySender(spec.trajectories_address, spec.transport, spec.curve_keys,
                                             server_public=spec.server_public)
+        self._rank_senders: dict[int, Any] = {}
         self._stats = {"groups": 0, "samples": 0, "tokens": 0, "generate_s": 0.0, "skipped": 0}
         logger.info("rollout worker %s ready (engine %s)", spec.worker_id, spec.rollout.engine)
 
@@ -191,23 +195,50 @@ class RolloutWorkerImpl:
         return self.engine.version
 
     def generate(self, prompt_records: list[Record | dict[str, Any]], step: int, min_version: int | None = None,
-                 flush_timeout: float | None = None) -> int:
+                 flush_timeout: float | None = None, destinations: dict[str, int] | None = None) -> int:
         """Generate a group per record and deliver them on the trajectory channel; returns how many.
 
         ``min_version``: first pull newer weights and wait until the engine runs at least this
-        version (the staleness bound of the async schedule). Returns after every group is
-        acknowledged (at-least-once delivery; the receiver de-duplicates by ``group_id``), so a worker
-        that returns has nothing in flight.
+        version (the staleness bound of the async schedule). With ``learner_addresses``, group
+        ``gid`` goes whole to learner rank ``destinations[gid]`` (none: scored, not trained) and,
+        once every rank acknowledged its groups, a copy without tensors goes to the driver: a group
+        the driver holds is always at its rank. Returns after every group is acknowledged
+        (at-least-once delivery; receivers de-duplicate by ``group_id``), so a worker that returns
+        has nothing in flight.
         """
         if self._sender is None:
             raise RuntimeError(f"worker {self.spec.worker_id} has no trajectories_address; use generate_groups")
         if min_version is not None:
             self.wait_for_version(min_version)
         groups = self.generate_groups(prompt_records, step)
-        for group, tensors in groups:
-            self._sender.send(group, tensors)
+        if self.spec.learner_addresses:
+            used = set()
+            for group, tensors in groups:
+                rank = (destinations or {}).get(group.group_id)
+                if rank is not None:
+                    self._rank_sender(rank).send(group, tensors)
+                    used.add(rank)
+            for rank in sorted(used):
+                self._rank_senders[rank].flush(flush_timeout)
+            for group, _ in groups:
+                self._sender.send(group, None)
+        else:
+            for group, tensors in groups:
+                self._sender.send(group, tensors)
         self._sender.flush(flush_timeout)
         return len(groups)
+
+    def _rank_sender(self, rank: int) -> Any:
+        """The sender to learner rank ``rank``'s inbox (one connection per rank, made on first use)."""
+        if rank not in self._rank_senders:
+            from stgrl.transport.trajectory_channel import TrajectorySender
+
+            if not 0 <= rank < len(self.spec.learner_addresses):
+                raise ValueError(f"worker {self.spec.worker_id}: destination rank {rank} is not one of the "
+                                 f"{len(self.spec.learner_addresses)} learner inboxes")
+            self._rank_senders[rank] = TrajectorySender(self.spec.learner_addresses[rank], self.spec.transport,
+                                                        self.spec.curve_keys, server_public=self.spec.server_public)
+        return self._rank_senders[rank]
 
     def weights_checksum(self) -> dict[str, int]:
         """Per-tensor xxh3 of the weights the engine runs (HF engine; tests compare it with the
@@ -229,7 +260,7 @@ class RolloutWorkerImpl:
 
     def close(self) -> None:
         """Close both channels and stop the engine (vLLM's engine core holds a process and memory)."""
-        for channel in (self._subscriber, self._sender):
+        for channel in (self._subscriber, self._sender, *self._rank_senders.values()):
             if channel is not None:
                 channel.close()
         close_engine = getattr(self.engine, "close", None)

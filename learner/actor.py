@@ -147,6 +147,33 @@ class LearnerGroup:
         shards = shard_minibatched(groups, self.world_size, self.num_minibatches)
         return combine_rank_metrics(self._all("train_rl_batch", temperature, per_rank=shards))
 
+    def open_inboxes(self, transport: Any, keys: Any = None, max_groups: int = 1024) -> list[str]:
+        """Bind every rank's trajectory inbox on its host; returns their addresses, by rank."""
+        return self._all("open_inbox", transport, keys, max_groups)
+
+    def inbox_stats(self) -> list[dict[str, float]]:
+        """Every rank's inbox counters, by rank (groups taken, tensor bytes received, drops)."""
+        return self._all("inbox_stats")
+
+    def close_inboxes(self, timeout_s: float = 30.0) -> None:
+        """Release every rank's inbox port (bounded: a rank stuck in a collective is killed instead)."""
+        ray.get([h.close_inbox.remote() for h in self.handles], timeout=timeout_s)
+
+    def train_rl_step(self, step: int, shards: Sequence[Sequence[str]], rewards: dict[str, list[float]],
+                      temperature: float = 1.0) -> dict[str, float]:
+        """One GSPO update on step ``step``: rank ``r`` trains ``shards[r]`` (group ids, plan order),
+        taking the groups from its own inbox; each rank gets only its groups' rewards. Ray carries ids
+        and rewards; the tensors went from the rollout workers to the ranks directly."""
+        if len(shards) != self.world_size:
+            raise ValueError(f"{len(shards)} shards for {self.world_size} learner ranks")
+        # The inbox wait gives up first, so a missing group is named (InboxTimeout) rather than the call
+        # just running past its timeout. The groups are normally there already: a worker sends the driver
+        # its copy only after the rank acknowledged the group.
+        wait_s = self.timeout_s / 2
+        refs = [h.train_rl_step.remote(step, list(ids), {g: rewards[g] for g in ids}, temperature, wait_s)
+                for h, ids in zip(self.handles, shards)]
+        return combine_rank_metrics(self._get("train_rl_step", refs))
+
     def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
         shards = shard_for_ranks(list(getattr(examples, "examples", examples)), self.world_size)
         return combine_rank_metrics(self._all("train_sft_batch", per_rank=shards))

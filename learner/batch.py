@@ -9,7 +9,7 @@ with tensors as raw frames.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -148,3 +148,42 @@ def token_budget_split(groups: Sequence[ScoredGroup], budget: int) -> list[list[
             parts.append([])
         parts[-1].append(g)
     return parts
+
+
+def plan_ranks(group_ids: Sequence[str], world_size: int, num_minibatches: int) -> list[list[str]]:
+    """Which learner rank trains which group of a step, fixed before the step is generated.
+
+    The ids are sorted, then shared out as :func:`shard_minibatched` shares a batch: rank ``r`` gets
+    its part of every global minibatch, in order, so an ``L``-rank step trains what a 1-rank step
+    would. Deterministic in the step's set of ids (a re-queued or regenerated group goes to the rank
+    its first copy went to) and balanced (equal counts; a remainder that cannot be shared equally is
+    left out, as `shard_minibatched` leaves it out: such groups are scored, not trained).
+    """
+    if world_size < 1:
+        raise ValueError("world_size must be >= 1")
+    ids = sorted(set(group_ids))
+    if len(ids) < world_size:
+        raise ValueError(f"{len(ids)} groups cannot feed {world_size} learner ranks "
+                         "(rollout.prompts_per_step must be at least learner.num_ranks)")
+    return shard_minibatched(ids, world_size, num_minibatches)
+
+
+def destinations(plan: Sequence[Sequence[str]]) -> dict[str, int]:
+    """``group id -> rank`` of a :func:`plan_ranks` plan (groups left out have no entry)."""
+    return {gid: r for r, ids in enumerate(plan) for gid in ids}
+
+
+def arrived_shards(plan: Sequence[Sequence[str]], arrived: Iterable[str]) -> list[list[str]]:
+    """Each rank's planned groups that did arrive (a worker skips a record whose media fail), in plan
+    order, cut to the smallest rank's count so every rank runs the same minibatches and collectives.
+    Nothing is moved between ranks: a group's tensors are already at its planned rank."""
+    have = set(arrived)
+    kept = [[g for g in ids if g in have] for ids in plan]
+    n = min((len(k) for k in kept), default=0)
+    if n == 0:
+        raise ValueError("a learner rank has no arrived group to train this step "
+                         f"(planned per rank: {[len(ids) for ids in plan]}, arrived: {[len(k) for k in kept]})")
+    dropped = sum(len(k) - n for k in kept)
+    if dropped:
+        logger.warning("dropping %d arrived group(s) so %d ranks train equal shards", dropped, len(kept))
+    return [k[:n] for k in kept]

@@ -34,6 +34,7 @@ class LearnerWorker:
         self.engine = LearnerEngine(model_path, self.cfg, world, seed=seed)
         self.publisher: Any = None
         self._filled_mode = False
+        self.inbox: Any = None
 
     def ready(self) -> dict[str, Any]:
         """Rank, device and optimizer step — a cheap call to await initialisation."""
@@ -47,6 +48,45 @@ class LearnerWorker:
         t0 = time.perf_counter()
         metrics = rl_update(self.engine, groups, temperature)
         metrics["time_step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def open_inbox(self, transport: Any, keys: Any = None, max_groups: int = 1024) -> str:
+        """Bind this rank's trajectory inbox (`~stgrl.learner.inbox.TrajectoryInbox`) on its host;
+        returns the address rollout workers send this rank's groups to."""
+        from stgrl.learner.inbox import TrajectoryInbox
+
+        self.close_inbox()
+        self.inbox = TrajectoryInbox(transport, keys, max_groups=max_groups, rank=self.rank)
+        return self.inbox.address
+
+    def inbox_stats(self) -> dict[str, float]:
+        """The inbox's counters (`TrajectoryInbox.stats`); ``{}`` without an inbox."""
+        return self.inbox.stats() if self.inbox is not None else {}
+
+    def close_inbox(self) -> None:
+        """Release the inbox's port (idempotent)."""
+        if self.inbox is not None:
+            self.inbox.close()
+        self.inbox = None
+
+    def train_rl_step(self, step: int, group_ids: Sequence[str], rewards: dict[str, list[float]],
+                      temperature: float = 1.0, timeout_s: float = 600.0) -> dict[str, float]:
+        """Train step ``step`` on ``group_ids`` from this rank's inbox (waiting up to ``timeout_s`` for
+        them), scored with ``rewards`` (per completion, by group id): the driver sends only ids and
+        rewards; the tensors came from the rollout workers."""
+        if self.inbox is None:
+            raise RuntimeError(f"learner rank {self.rank} has no trajectory inbox (open_inbox first)")
+        t0 = time.perf_counter()
+        got = self.inbox.take(step, group_ids, timeout_s)
+        wait_s = time.perf_counter() - t0
+        groups = [ScoredGroup(model_inputs=tensors, completion_ids=[c.token_ids for c in g.completions],
+                              behaviour_logprobs=[c.behaviour_logprobs for c in g.completions],
+                              rewards=list(rewards[g.group_id]), policy_version=g.policy_version,
+                              group_id=g.group_id)
+                  for g, tensors in got]
+        metrics = self.train_rl_batch(groups, temperature)
+        metrics["time_inbox_wait_s"] = wait_s
+        metrics["num_groups"] = float(len(groups))
         return metrics
 
     def train_sft_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -70,6 +70,10 @@ class RLDriver:
         self.publisher: Any = None  # a driver-side publisher (tests without learners); normally rank 0 owns it
         self.weights_address: str | None = None
         self.keys: Any = None
+        self.inbox_addresses: list[str] = []
+        """Each learner rank's trajectory inbox (groups with their tensors go there, not here)."""
+        self._plans: dict[int, list[list[str]]] = {}  # step -> group ids per learner rank
+        self._learners_failed = False
         self._step = 0  # the step in progress, for errors
 
     @property
@@ -119,6 +123,10 @@ class RLDriver:
         # Rank 0 serves the weights itself: the driver only learns the address (and, per step, timings).
         self.weights_address = self.learners.attach_publisher(partial(WeightPublisher, tcfg, self.keys))
         self._publish_weights()
+        # Each rank's inbox holds the groups of the steps in flight: at most lookahead + 1 steps (x2 slack).
+        lookahead = cfg.run.max_staleness if cfg.run.mode == "async" else 0
+        self.inbox_addresses = self.learners.open_inboxes(
+            tcfg, self.keys, max_groups=max(64, 2 * (lookahead + 2) * cfg.rollout.prompts_per_step))
         self.receiver = TrajectoryReceiver(tcfg, self.keys, auto_commit=True)
         self.pool.start(cfg.rollout.num_workers)
 
@@ -130,6 +138,7 @@ class RLDriver:
         return RolloutWorkerSpec(
             worker_id=f"rollout-{index}", model_path=self.model_path, dataset_dir=str(self.dataset_dir.resolve()),
             weights_address=self.weights_address, trajectories_address=self.receiver.address,
+            learner_addresses=list(self.inbox_addresses),
             rollout=cfg.rollout, data=cfg.data, transport=cfg.transport,
             curve_keys=self.keys, server_public=self.keys.public if self.keys else None,
             dtype=cfg.model.dtype, seed=cfg.run.seed, torch_threads=cfg.run.torch_threads,
@@ -147,6 +156,18 @@ class RLDriver:
     def _prompts(self, step: int) -> list[Any]:
         """Step's prompts: a pure function of (seed, step), so a resumed run gets the same ones."""
         return prompts_for_step(self.records, step, self.cfg.rollout.prompts_per_step, self.cfg.run.seed)
+
+    def _dispatch(self, step: int) -> None:
+        """Plan which learner rank trains which group of `step`, then hand its prompts to the pool
+        with those destinations."""
+        from stgrl.learner.batch import destinations, plan_ranks
+        from stgrl.orchestration.rollout_pool import group_id, prompt_id
+
+        records = self._prompts(step)
+        plan = plan_ranks([group_id(step, prompt_id(r)) for r in records], self.learners.world_size,
+                          self.cfg.learner.num_minibatches)
+        self._plans[step] = plan
+        self.pool.dispatch(step, records, destinations(plan))
 
     def _collect(self, step: int) -> list[tuple[Any, dict]]:
         """Every group of `step` from the rollout pool (waits; re-queues a dead worker's prompts)."""
@@ -173,17 +194,15 @@ class RLDriver:
         return rewards, comps, latency
 
     def _train(self, groups: list[tuple[Any, dict]], rewards: list[list[float]], step: int) -> dict[str, float]:
-        from stgrl.learner.batch import RLBatch, ScoredGroup
+        """Every rank trains its planned groups of `step` from its own inbox; the driver sends only
+        group ids and rewards."""
+        from stgrl.learner.batch import arrived_shards
 
-        scored = [
-            ScoredGroup(model_inputs=tensors, completion_ids=[c.token_ids for c in g.completions],
-                        behaviour_logprobs=[c.behaviour_logprobs for c in g.completions],
-                        rewards=r, policy_version=g.policy_version, group_id=g.group_id)
-            for (g, tensors), r in zip(groups, rewards)
-        ]
+        shards = arrived_shards(self._plans.pop(step), [g.group_id for g, _ in groups])
+        by_id = {g.group_id: r for (g, _), r in zip(groups, rewards)}
         # log-probs are of logits / T, T = the sampling temperature (1 when greedy): rollout/engine.py
         temperature = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
-        return self.learners.train_rl_batch(RLBatch(groups=scored, step=step), temperature=temperature)
+        return self.learners.train_rl_step(step, shards, by_id, temperature=temperature)
 
     def _checkpoint(self, step: int) -> None:
         state = {"step": step, "policy_version": self.version, "data_cursor": step + 1,
@@ -201,6 +220,7 @@ class RLDriver:
         try:
             return self._run_steps(sink, progress)
         except LearnerGroupError as e:
+            self._learners_failed = True
             where = (f"`stgrl rl --resume` continues from the last checkpoint in {self.ckpt_dir}"
                      if (self.ckpt_dir / "latest").exists() else "no checkpoint yet: the run starts over")
             raise PipelineError(f"step {self._step}: {e}. The RL stage stops; {where}") from e
@@ -215,7 +235,7 @@ class RLDriver:
             self._step = step
             t_step = time.perf_counter()
             while next_dispatch <= min(step + lookahead, total - 1):
-                self.pool.dispatch(next_dispatch, self._prompts(next_dispatch))
+                self._dispatch(next_dispatch)
                 next_dispatch += 1
             t_wait = time.perf_counter()
             groups = self._collect(step)
@@ -262,6 +282,11 @@ class RLDriver:
             except Exception:
                 pass
         if self.learners:
+            if not self._learners_failed:  # failed ranks may be stuck in a collective: killed below
+                try:
+                    self.learners.close_inboxes()
+                except Exception:
+                    log.debug("closing the learner ranks' inboxes failed", exc_info=True)
             try:  # lets rank 0 unlink its /dev/shm snapshot before its process is killed
                 self.learners.close_publisher()
             except Exception:

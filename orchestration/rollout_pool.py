@@ -83,6 +83,9 @@ class RolloutPool:
         self.unexpected_groups = 0
         """Groups that arrived for no dispatched prompt (a stranger, or a re-send after its step ended)."""
         self._inflight: dict[int, list[tuple[Any, int, list[Any]]]] = {}
+        self._destinations: dict[int, dict[str, int]] = {}  # step -> group id -> learner rank
+        self.tensor_bytes = 0
+        """Bytes of tensor frames that reached the driver (0 when groups go to the learner ranks)."""
 
     # ---------------------------------------------------------------- workers
     def start(self, num_workers: int) -> None:
@@ -195,11 +198,14 @@ class RolloutPool:
         """Oldest policy version allowed to generate `step` (the async staleness bound; sync: `step`)."""
         return max(0, step - (self.cfg.run.max_staleness if self.cfg.run.mode == "async" else 0))
 
-    def dispatch(self, step: int, records: list[Any]) -> None:
-        """Assign step's prompts to workers round-robin in contiguous chunks; remember who has what."""
+    def dispatch(self, step: int, records: list[Any], destinations: dict[str, int] | None = None) -> None:
+        """Assign step's prompts to workers round-robin in contiguous chunks; remember who has what.
+        ``destinations``: the learner rank of each group id (`stgrl.learner.batch.plan_ranks`); a
+        re-queued prompt's group goes to the same rank."""
         from stgrl.learner.batch import even_split
 
         self._assigned[step] = records
+        self._destinations[step] = dict(destinations or {})
         self.expect(step, records)
         self.scale()
         live = self.live()
@@ -217,7 +223,10 @@ class RolloutPool:
     def _submit(self, step: int, w: int, chunk: list[Any]) -> tuple[Any, int, list[Any]]:
         """Send `chunk` of step's prompts to worker `w`; returns the in-flight entry (ref, worker, chunk)."""
         payload = [msgspec.to_builtins(r) for r in chunk]
-        return self.workers[w].generate.remote(payload, step, self.min_version(step)), w, chunk
+        plan = self._destinations.get(step, {})
+        dest = {g: plan[g] for g in (group_id(step, prompt_id(r)) for r in chunk) if g in plan}
+        ref = self.workers[w].generate.remote(payload, step, self.min_version(step), destinations=dest or None)
+        return ref, w, chunk
 
     def drain(self, timeout_s: float) -> None:
         """Move every trajectory that has arrived into the per-step buffer (dedup by group id)."""
@@ -240,6 +249,7 @@ class RolloutPool:
                         "dropped trajectory group %r (step %d): no such prompt is in flight (%d dropped)",
                         group.group_id[:80], group.step, self.unexpected_groups)
                 continue
+            self.tensor_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
             bucket = self.buffer[group.step]
             if group.group_id in bucket:
                 self._dupes[group.step] += 1
@@ -316,4 +326,5 @@ class RolloutPool:
         self.buffer.pop(step, None)
         self._expected.pop(step, None)
         self._inflight.pop(step, None)
+        self._destinations.pop(step, None)
         return record

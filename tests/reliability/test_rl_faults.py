@@ -54,6 +54,7 @@ def _overrides(root: Path, *extra: str) -> list[str]:
 
 
 def _run_driver(cfg, run_dir: Path, on_step, resume: bool = False):
+    """Run the RL driver to the end (or its error); returns it, closed."""
     from stgrl.orchestration.rl_loop import RLDriver
     from stgrl.orchestration.stage_support import load_split, make_sink
 
@@ -66,6 +67,7 @@ def _run_driver(cfg, run_dir: Path, on_step, resume: bool = False):
     finally:
         driver.close()
         sink.close()
+    return driver
 
 
 def test_killed_rollout_worker_and_reward_shard_lose_nothing(ray_cluster, workspace, tmp_path):
@@ -219,13 +221,14 @@ def test_killed_learner_rank_fails_the_stage_cleanly_and_resume_matches_uninterr
     message = str(failure.value)
     rank0, rank1 = seen["pids"]
     assert killed == {"pid": rank1}
-    assert message.startswith(f"step {kill_step}: learner rank 1 of 2 died during train_rl_batch"), message
+    assert message.startswith(f"step {kill_step}: learner rank 1 of 2 died during train_rl_step"), message
     assert f"rank 1 (pid {rank1}) died" in message and f"rank 0 (pid {rank0})" in message, message
     assert "--resume" in message, message
 
     # Every pool stopped: both rank processes (rank 0 was left inside a gloo collective) end, the
     # rollout workers and reward shards are dead, the learner placement group is released, and the
-    # trajectory and weight channels no longer hold their ports.
+    # trajectory channel (the driver's receiver, every rank's inbox) and the weight channel no longer
+    # hold their ports.
     driver = seen["driver"]
     deadline = time.monotonic() + 120
     while not (_process_ended(rank0) and _process_ended(rank1)):
@@ -240,13 +243,17 @@ def test_killed_learner_rank_fails_the_stage_cleanly_and_resume_matches_uninterr
     assert placement_group_table(seen["pg"])["state"] == "REMOVED"
     # the weight publisher lives in learner rank 0 now: its port is freed with the killed group
     assert _port_is_free(driver.receiver.address) and _port_is_free(driver.weights_address)
+    assert len(driver.inbox_addresses) == 2 and all(_port_is_free(a) for a in driver.inbox_addresses)
 
     # Only the steps before the checkpointed kill are in the ledger, each trained exactly once.
     check_ledger(tmp_path / "ledger.jsonl", expected_steps=kill_step)
 
     resumed_steps: list[int] = []
-    _run_driver(cfg, tmp_path, lambda driver, step: resumed_steps.append(step), resume=True)
+    resumed = _run_driver(cfg, tmp_path, lambda driver, step: resumed_steps.append(step), resume=True)
     assert resumed_steps == [kill_step, 3], "the resume must continue after the last checkpoint"
+    # the resumed run's close (a clean one) releases every port too
+    ports = [resumed.receiver.address, resumed.weights_address, *resumed.inbox_addresses]
+    assert len(ports) == 4 and all(_port_is_free(a) for a in ports), ports
     entries = check_ledger(tmp_path / "ledger.jsonl", expected_steps=4)
     assert all(sorted(e.trained) == sorted(e.assigned) for e in entries)
     _assert_same_weights(uninterrupted, tmp_path)
