@@ -1,9 +1,10 @@
 """RolloutWorker: the Ray actor that turns prompts into trajectory groups (docs/design.md §1, 6, 7).
 
 A thin shell around three pieces that live elsewhere: the data pipeline (decode once + processor,
-``stgrl.rollout.video.prepare_prompt``), a generation engine (``stgrl.rollout.engine``) and the two
-transport channels (``WeightSubscriber`` in, ``TrajectorySender`` out). The orchestrator drives it with
-three calls: ``sync_weights(timeout) -> version``, ``generate(prompt_records, step, min_version) ->
+``stgrl.rollout.video.prepare_prompt``), a generation engine (``stgrl.rollout.engine``) and the
+transport channels (``WeightSubscriber`` in; ``TrajectorySender`` out, to each learner rank's inbox
+with the tensors and to the driver without). The orchestrator drives it with three calls:
+``sync_weights(timeout) -> version``, ``generate(prompt_records, step, min_version, destinations) ->
 n_groups`` and ``version()``. ``RolloutWorker`` is the Ray actor class (``RolloutWorker.options(
 **rollout_worker_options(cfg)).remote(spec)``); ``RolloutWorkerImpl`` the same object without Ray.
 
@@ -12,10 +13,10 @@ thread, never during ``generate``; every group is stamped with the engine's vers
 it was sampled, so a trajectory always carries the version it was generated with.
 
 Trajectory groups carry the exact model tensors of the prompt (``input_ids``, ``attention_mask``,
-``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``) as tensor frames, so the learner re-forwards
-the very pixels the policy saw. ``group_id = f"{step}/{prompt_id}"`` and the sampling seed is derived
-from (worker seed, step, prompt id), so a regenerated group de-duplicates and resamples the same tokens
-under the same weights.
+``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``) as tensor frames, straight to the learner
+rank that trains them, so the learner re-forwards the very pixels the policy saw. ``group_id =
+f"{step}/{prompt_id}"`` and the sampling seed is derived from (worker seed, step, prompt id), so a
+regenerated group de-duplicates and resamples the same tokens under the same weights.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The actor is a thin shell over :class:`~stgrl.learner.engine.LearnerEngine` and the pure-ish step
 functions in :mod:`stgrl.learner.rl` / :mod:`stgrl.learner.sft`; all collectives happen inside the
 ranks. :class:`LearnerGroup` shards each batch (equal group counts per rank, see
-:mod:`stgrl.learner.batch`), calls every rank in the same order and combines their metrics.
+:mod:`stgrl.learner.batch`), calls every rank in the same order and combines their metrics. In an RL
+run the batch itself never goes through it: each rank's inbox receives its groups from the rollout
+workers, and `LearnerGroup.train_rl_step` sends only group ids and rewards.
 
 Concurrency: a LearnerGroup is driven from one thread; every collective method is sent to all ranks
 before any result is awaited, so ranks never wait on a rank that was not asked.
@@ -155,9 +157,22 @@ class LearnerGroup:
         """Every rank's inbox counters, by rank (groups taken, tensor bytes received, drops)."""
         return self._all("inbox_stats")
 
-    def close_inboxes(self, timeout_s: float = 30.0) -> None:
-        """Release every rank's inbox port (bounded: a rank stuck in a collective is killed instead)."""
-        ray.get([h.close_inbox.remote() for h in self.handles], timeout=timeout_s)
+    def close_inboxes(self, timeout_s: float = 10.0) -> None:
+        """Ask every live rank to release its inbox port, also after a failed step: a killed process's
+        sockets go only once all its threads have exited, moments after the process looks dead, so
+        a port is released for certain only by closing it. A dead rank's error is ignored (its port
+        went with it); a rank still stuck in a collective does not answer within ``timeout_s`` and
+        is killed by `shutdown`."""
+        refs = [h.close_inbox.remote() for h in self.handles]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for r, ref in enumerate(refs):
+            if ref not in ready:
+                logger.warning("learner rank %d did not close its trajectory inbox within %.0fs", r, timeout_s)
+                continue
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except ray.exceptions.RayError as e:
+                logger.debug("learner rank %d: inbox not closed (%s)", r, _first_line(e))
 
     def train_rl_step(self, step: int, shards: Sequence[Sequence[str]], rewards: dict[str, list[float]],
                       temperature: float = 1.0) -> dict[str, float]:

@@ -1,9 +1,10 @@
-"""What the learner trains on: scored groups for RL, prepared examples for SFT, and how a batch is
-split over data-parallel ranks and minibatches.
+"""What the learner trains on: scored groups for RL, prepared examples for SFT, how a batch is split
+over data-parallel ranks and minibatches, and which rank trains which group of an RL step
+(`plan_ranks`, fixed before the step is generated, so workers send each group straight to its rank).
 
-Tensors are held as ``torch.Tensor`` values inside the Structs (typed ``Any``): on the control path
-Ray pickles them between processes of one job; the ZeroMQ trajectory channel carries the same fields
-with tensors as raw frames.
+Tensors are held as ``torch.Tensor`` values inside the Structs (typed ``Any``). In an RL run they
+reach each rank's inbox as raw frames on the ZeroMQ trajectory channel; `LearnerGroup.train_rl_batch`
+(tests, benchmarks) still hands a whole batch over Ray, which pickles them.
 """
 
 from __future__ import annotations

@@ -10,9 +10,15 @@ scales on its own. Schedule:
   is logged (`weights/version_lag`) and off-policy groups are corrected by truncated IS weights in the
   learner.
 
-Nothing is lost: each step's prompts are assigned to workers; a worker that dies has the prompts it
-had not delivered re-queued to a live worker (Ray restarts the dead one); trajectories are
-de-duplicated by group id; the ledger proves each step trained every prompt exactly once.
+Data path: before a step is generated the driver plans which learner rank trains which group
+(`stgrl.learner.batch.plan_ranks`); workers send each group whole (pixel tensors included) to its
+rank's inbox and a copy without tensors here; the driver scores the copies and tells every rank
+"train step N on these group ids with these rewards". Ray carries only such control calls.
+
+Nothing is lost: each step's prompts are assigned to workers (`rollout_pool.RolloutPool`); a worker
+that dies has the prompts it had not delivered re-queued to a live worker (Ray restarts the dead
+one), their groups to the same ranks; trajectories are de-duplicated by group id, here and in each
+inbox; the ledger proves each step trained every prompt exactly once.
 
 A learner rank that dies mid-step is not recovered in place: the other ranks are left in a collective
 with half-applied optimizer state, so the stage fails (`PipelineError` naming the step and the rank;
@@ -73,7 +79,6 @@ class RLDriver:
         self.inbox_addresses: list[str] = []
         """Each learner rank's trajectory inbox (groups with their tensors go there, not here)."""
         self._plans: dict[int, list[list[str]]] = {}  # step -> group ids per learner rank
-        self._learners_failed = False
         self._step = 0  # the step in progress, for errors
 
     @property
@@ -220,7 +225,6 @@ class RLDriver:
         try:
             return self._run_steps(sink, progress)
         except LearnerGroupError as e:
-            self._learners_failed = True
             where = (f"`stgrl rl --resume` continues from the last checkpoint in {self.ckpt_dir}"
                      if (self.ckpt_dir / "latest").exists() else "no checkpoint yet: the run starts over")
             raise PipelineError(f"step {self._step}: {e}. The RL stage stops; {where}") from e
@@ -282,11 +286,10 @@ class RLDriver:
             except Exception:
                 pass
         if self.learners:
-            if not self._learners_failed:  # failed ranks may be stuck in a collective: killed below
-                try:
-                    self.learners.close_inboxes()
-                except Exception:
-                    log.debug("closing the learner ranks' inboxes failed", exc_info=True)
+            try:  # every rank that still answers releases its inbox port (a stuck one is killed below)
+                self.learners.close_inboxes()
+            except Exception:
+                log.debug("closing the learner ranks' inboxes failed", exc_info=True)
             try:  # lets rank 0 unlink its /dev/shm snapshot before its process is killed
                 self.learners.close_publisher()
             except Exception:
