@@ -117,3 +117,62 @@ def test_two_ranks_match_one_rank(ray_cluster, vl_model_dir, data, one_rank, zer
     # the order of the movement itself. (The last green CI, on unlocked versions, stayed under 1e-4.)
     assert moved > 1e-3 and diff < 0.05 * moved, (moved, diff)
     assert pub2["time_gather_s"] >= 0
+
+
+def _wire(group, step: int):
+    """The trajectory group a rollout worker would send for `group` (header + its tensors)."""
+    from stgrl.transport.wire import Completion, ScoringSample, TrajectoryGroup
+
+    tensors = {k: v.contiguous() for k, v in group.model_inputs.items()}
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
+    header = TrajectoryGroup(
+        group_id=group.group_id, prompt_id=group.group_id, step=step, policy_version=step,
+        prompt_len=int(tensors["input_ids"].shape[1]),
+        completions=[Completion(token_ids=ids, behaviour_logprobs=lp, text="", finish_reason="stop")
+                     for ids, lp in zip(group.completion_ids, group.behaviour_logprobs)],
+        sample=ScoringSample(id=group.group_id, task="temporal", completion="", frame_size=[0.0, 0.0]),
+        frame_size=[0, 0])
+    return header, tensors
+
+
+def test_groups_through_the_rank_inboxes_train_what_the_same_batch_over_ray_trains(ray_cluster, vl_model_dir, data):
+    """Issue 20 #2: the RL driver's path (groups sent to each rank's inbox as planned, the ranks told
+    only ids and rewards) takes the very steps `train_rl_batch` takes on the same batches, bit for bit."""
+    from stgrl.learner.batch import destinations, plan_ranks
+    from stgrl.transport.config import TransportConfig
+    from stgrl.transport.trajectory_channel import TrajectorySender
+
+    batches = data[0]
+    cfg = _cfg(2)
+    ref = start_learner_group(2, vl_model_dir, cfg, seed=0, timeout_s=300)
+    try:
+        want = [ref.train_rl_batch(b) for b in batches]
+        want_state = ref.full_state_dict()
+    finally:
+        ref.shutdown()
+    tcfg = TransportConfig(curve="off")
+    group = start_learner_group(2, vl_model_dir, cfg, seed=0, timeout_s=300)
+    senders = []
+    try:
+        senders = [TrajectorySender(a, tcfg) for a in group.open_inboxes(tcfg)]
+        got = []
+        for step, batch in enumerate(batches):
+            plan = plan_ranks([g.group_id for g in batch.groups], 2, cfg.num_minibatches)
+            for g in batch.groups:
+                senders[destinations(plan)[g.group_id]].send(*_wire(g, step))
+            for s in senders:
+                s.flush()
+            got.append(group.train_rl_step(step, plan, {g.group_id: g.rewards for g in batch.groups}))
+        state = group.full_state_dict()
+        stats = group.inbox_stats()
+    finally:
+        for s in senders:
+            s.close()
+        group.close_inboxes()
+        group.shutdown()
+    assert [r["taken"] for r in stats] == [4.0, 4.0] and all(r["tensor_bytes"] > 0 for r in stats)
+    for a, b in zip(want, got):
+        assert b["num_sequences"] == a["num_sequences"] == 16
+        assert b["loss"] == a["loss"] and b["ratio_abs_dev_last"] == a["ratio_abs_dev_last"]
+    assert state.keys() == want_state.keys()
+    assert all(torch.equal(state[k], want_state[k]) for k in state), "weights differ from the batch over Ray"
