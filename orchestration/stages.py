@@ -175,6 +175,22 @@ def run_rl_stage(cfg: Config, run_dir: str | Path | None, init_from: str | None 
         return _rl(cfg, rd, init_from, resume, display)
 
 
+def rl_resumes(rd: Path, resume: bool) -> bool:
+    """Whether RL in ``rd`` continues a checkpoint; a fresh run first drops the previous run's lines.
+
+    `--resume` with no RL checkpoint (killed before its first one, or `stgrl train --resume` after an
+    SFT that never reached RL) is a fresh run: appending to the old ledger and metrics would log steps
+    twice."""
+    if resume and not (rd / "checkpoints" / "latest").exists():
+        log.info("`--resume`: no RL checkpoint in %s, so RL starts afresh", rd / "checkpoints",
+                 extra={"console": True})
+        resume = False
+    if not resume:
+        for stale in ("metrics.jsonl", "ledger.jsonl"):
+            (rd / stale).unlink(missing_ok=True)
+    return resume
+
+
 def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool, display: ProgressDisplay | None) -> Path:
     from stgrl.orchestration.ray_setup import init_ray
     from stgrl.orchestration.rl_loop import RLDriver
@@ -184,9 +200,7 @@ def _rl(cfg: Config, rd: Path, init_from: str | None, resume: bool, display: Pro
     model_path = init_from or cfg.model.path
     check_model_path(cfg, model_path)
     train, dataset_dir = load_split(cfg.data.train, "train", cfg.data.allow_media_outside_root)
-    if not resume:
-        for stale in ("metrics.jsonl", "ledger.jsonl"):
-            (rd / stale).unlink(missing_ok=True)
+    resume = rl_resumes(rd, resume)
     init_ray(cfg)
     sink = make_sink(cfg, rd, "rl")
     driver = RLDriver(cfg, rd, model_path, train, dataset_dir, resume=resume)

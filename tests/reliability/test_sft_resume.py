@@ -127,3 +127,28 @@ def test_resume_without_a_usable_checkpoint_fails_in_our_words(workspace, tmp_pa
     with pytest.raises(ConfigError, match=f"is at step 20, past sft.steps={STEPS}"):
         run_sft_stage(cfg, run_dir, resume=True)
     assert not (run_dir / "config_sft.yaml").exists()
+
+
+def test_rl_resume_without_an_rl_checkpoint_starts_afresh_and_drops_the_old_lines(tmp_path, caplog):
+    """`stgrl rl --resume` (or `stgrl train --resume` after an SFT that never reached RL) with no RL
+    checkpoint used to start fresh while appending to the previous run's ledger and metrics: each step
+    then appeared twice. With a checkpoint, resume keeps them (the driver truncates after it)."""
+    import logging
+
+    from stgrl.orchestration.stages import rl_resumes
+
+    old = '{"step": 0}\n{"step": 1}\n'
+    for name in ("metrics.jsonl", "ledger.jsonl"):
+        (tmp_path / name).write_text(old)
+    with caplog.at_level(logging.INFO, logger="stgrl.orchestration.stages"):
+        assert rl_resumes(tmp_path, resume=True) is False
+    assert "no RL checkpoint" in caplog.text
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "ledger.jsonl").exists()
+
+    (tmp_path / "checkpoints" / "latest").mkdir(parents=True)
+    for name in ("metrics.jsonl", "ledger.jsonl"):
+        (tmp_path / name).write_text(old)
+    assert rl_resumes(tmp_path, resume=True) is True
+    assert (tmp_path / "metrics.jsonl").read_text() == old
+    assert rl_resumes(tmp_path, resume=False) is False
+    assert not (tmp_path / "metrics.jsonl").exists()
