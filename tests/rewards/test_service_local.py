@@ -192,6 +192,12 @@ def test_the_reward_socket_shares_the_runs_transport_options_with_its_own_bounds
     got = wire.socket_config(run)
     assert (got.bind_host, got.curve, got.heartbeat_s) == ("0.0.0.0", "on", 0.5)
     assert got.max_frame_mib == wire.MAX_MESSAGE_MIB and got.high_water_mark == wire.QUEUED_PER_CONNECTION
+    # the client's sockets are the shared endpoints: heartbeats and the size guard come with them
+    with RewardClient(["tcp://127.0.0.1:9"], CFG, transport=run) as client:
+        sock = client._links[0].sock
+        assert (sock.heartbeat_ivl, sock.heartbeat_timeout) == (500, 1500)
+        assert sock.maxmsgsize == 2 * (wire.MAX_MESSAGE_MIB << 20) + (1 << 20)
+        assert sock.sndhwm == wire.QUEUED_PER_CONNECTION
 
 
 class SlowShard:
