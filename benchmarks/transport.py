@@ -13,7 +13,7 @@ Measures
   The time to the verified state dict without the load (``pull``) is reported too.
 - msgspec (`stgrl.transport.wire`) vs pickle encode+decode of a realistic trajectory group, with and
   without its tensors. Pickle appears only here, as the baseline; actors never unpickle.
-- small-message (Control) round-trip latency p50/p99 over DEALER/ROUTER.
+- small-message (Ack) round-trip latency p50/p99 over DEALER/ROUTER.
 
 Starts its own Ray instance in a temp dir (state, token and logs never touch the home directory).
 """
@@ -68,7 +68,7 @@ def _make_actors():
 
     from stgrl.transport.endpoints import ClientSocket, ServerSocket
     from stgrl.transport.weight_channel import WeightPublisher, WeightSubscriber
-    from stgrl.transport.wire import Control, decode, encode
+    from stgrl.transport.wire import Ack, decode, encode
 
     @ray.remote(num_cpus=0)
     class Learner:
@@ -150,14 +150,14 @@ def _make_actors():
     class Pinger:
         def run(self, address, cfg, keys, server_public, n):
             client = ClientSocket(address, cfg, keys, server_public=server_public)
-            msg = Control("heartbeat", 1, {"worker": "w0"})
+            msg = Ack(["w0/1"])  # a small control-sized message
             rtts = []
             for i in range(n + 50):
                 t0 = time.perf_counter()
                 client.sock.send_multipart(encode(msg))
                 if not client.sock.poll(10_000):
                     raise client.timeout("echo", 10)
-                decode(client.sock.recv_multipart(copy=False), Control, max_frame_bytes=1 << 20)
+                decode(client.sock.recv_multipart(copy=False), Ack, max_frame_bytes=1 << 20)
                 if i >= 50:  # warm-up excluded
                     rtts.append(time.perf_counter() - t0)
             client.close()

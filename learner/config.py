@@ -64,3 +64,6 @@ class SFTConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     eval_every: Steps = 100
     eval_samples: PosInt = 64
     num_ranks: Annotated[int, Meta(ge=1, le=1024)] = 1
+    checkpoint_every: Steps = 0
+    """Save a checkpoint (under `<run-dir>/sft/checkpoints`) every N steps (0: only at the end);
+    `stgrl sft --resume` continues from the newest one."""

@@ -31,7 +31,7 @@ OUTPUT_LOGGER = "stgrl.output"
 
 CHATTER = ("stgrl.actors", "stgrl.transport", "stgrl.learner", "stgrl.reward_service", "stgrl.rollout.hf_engine",
            "stgrl.rollout.vllm_engine", "stgrl.orchestration.rl_loop", "stgrl.orchestration.rollout_pool",
-           "stgrl.orchestration.sft_loop", "stgrl.orchestration.ray_setup", "stgrl.orchestration.report", "stgrl.orchestration.metrics",
+           "stgrl.orchestration.ray_setup", "stgrl.orchestration.report", "stgrl.orchestration.metrics",
            OUTPUT_LOGGER, "stgrl.orchestration.jobs.output")
 """Loggers whose INFO lines are per-step or per-actor chatter: log files only (warnings still show, and
 so does a line logged with ``extra={"console": True}``)."""

@@ -161,3 +161,24 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def drop_rows_after(path: str | Path, last_kept_step: int) -> int:
+    """On resume, forget the rows a killed run logged past its checkpoint (those steps are redone),
+    so the file holds each step once: keeps rows with ``step <= last_kept_step`` (and drops a torn
+    last line). Returns how many rows were dropped; a missing file is left missing."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in p.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= last_kept_step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = False  # a torn last line of the killed run
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    p.write_text("".join(line + "\n" for line in kept))
+    return dropped

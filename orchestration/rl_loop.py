@@ -41,17 +41,17 @@ from stgrl.orchestration.prompt_source import prompts_for_step
 from stgrl.orchestration.rollout_pool import PipelineError, RolloutPool
 from stgrl.orchestration.step_metrics import StepTimes, step_metrics
 
-__all__ = ["PipelineError", "RLDriver", "scoring_samples", "truncate_after"]
+__all__ = ["PipelineError", "RLDriver", "scoring_group", "truncate_after"]
 
 log = logging.getLogger(__name__)
 
 
-def scoring_samples(group: Any) -> list[Any]:
-    """One ScoringSample per completion of a trajectory group (its ground truth + completion text).
+def scoring_group(group: Any) -> Any:
+    """What the reward service needs of a trajectory group: its ground truth once, its G completion
+    texts. Completion ids are `group_id#i`: stable across re-sends (reward dedup is by id)."""
+    from stgrl.transport.scoring import ScoringGroup
 
-    Ids are `group_id#i`: unique per completion, stable across re-sends (reward dedup is by id)."""
-    return [msgspec.structs.replace(group.sample, id=f"{group.group_id}#{i}", completion=c.text)
-            for i, c in enumerate(group.completions)]
+    return ScoringGroup(id=group.group_id, truth=group.sample, completions=[c.text for c in group.completions])
 
 
 class RLDriver:
@@ -112,7 +112,7 @@ class RLDriver:
         log.info("starting %d reward shard(s), %d learner rank(s), %d rollout worker(s)",
                  cfg.reward.num_shards, cfg.learner.num_ranks, cfg.rollout.num_workers)
         self.reward_handles, self.reward_client = start_reward_service(
-            cfg.reward.num_shards, cfg.reward, host=tcfg.bind_host, keys=self.keys)
+            cfg.reward.num_shards, cfg.reward, transport=tcfg, keys=self.keys)
         lcfg = cfg.learner
         if lcfg.total_steps == 0:  # cosine decay over the whole run's optimizer steps
             lcfg = msgspec.structs.replace(lcfg, total_steps=cfg.run.total_steps * lcfg.num_minibatches)
@@ -179,13 +179,10 @@ class RLDriver:
         return self.pool.collect(step)
 
     def _score(self, groups: list[tuple[Any, dict]], step: int) -> tuple[list[list[float]], dict[str, float], float]:
-        samples, owners = [], []
-        for gi, (g, _) in enumerate(groups):
-            for s in scoring_samples(g):
-                samples.append(s)
-                owners.append(gi)
+        owners = [gi for gi, (g, _) in enumerate(groups) for _ in g.completions]
         t0 = time.perf_counter()
-        scores = self.reward_client.score(samples, step, self.cfg.run.total_steps)
+        scores = self.reward_client.score_groups([scoring_group(g) for g, _ in groups], step,
+                                                 self.cfg.run.total_steps)
         latency = time.perf_counter() - t0
         rewards: list[list[float]] = [[] for _ in groups]
         comp_sum: dict[str, float] = defaultdict(float)

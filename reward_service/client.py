@@ -1,7 +1,8 @@
 """Client of the sharded reward service: spreads batches over shards, enforces a deadline per request,
 retries elsewhere, and never loses or double-counts a sample.
 
-Guarantees of `RewardClient.score` (docs/design.md §3, "Reward service contract"):
+Guarantees of `RewardClient.score` and `RewardClient.score_groups` (docs/design.md §3, "Reward
+service contract"):
 - every sample gets exactly one Score, returned in input order; samples are deduplicated by id (a
   repeated id is scored once and its Score returned at every position);
 - a request not answered within `cfg.deadline_s` is re-sent to another shard; every request then
@@ -10,7 +11,12 @@ Guarantees of `RewardClient.score` (docs/design.md §3, "Reward service contract
   scoring is pure, so either copy is the same answer;
 - with Ray actor handles, a failed shard is looked up again (`address()`): a dead actor is dropped for
   good, a restarted one is reconnected at its new address;
-- a batch that fails `max_attempts` times, or all shards dead, raises `RewardServiceError`.
+- a batch that fails `max_attempts` times, or all shards dead, raises `RewardServiceError`; a miss
+  names the shard and, when its CURVE handshake was refused, says so (the shared transport's
+  handshake watch).
+
+The sockets are the shared transport's `ClientSocket`s (heartbeats, size guard, CURVE), framed as
+`wire.py` says.
 
 Not thread-safe: one client per thread.
 """
@@ -25,24 +31,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import zmq
 
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
-from stgrl.reward_service.transport import create_socket
-from stgrl.reward_service.types import Score, ScoringSample
+from stgrl.reward_service.types import Score, ScoringGroup, ScoringSample, completion_id
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ClientSocket, PeerRefused
 from stgrl.transport.security import CurveKeys
+from stgrl.transport.wire import Reject, RewardRequest, WireError, encode
 
 log = logging.getLogger(__name__)
-
-
-def _error_message(body: bytes) -> str:
-    """The message of a shard's error reply, or a description of a reply that does not decode."""
-    try:
-        return wire.error_decoder.decode(body).message
-    except (msgspec.DecodeError, ValueError, RecursionError) as e:
-        return f"(undecodable error reply: {e})"
 
 
 class RewardServiceError(RuntimeError):
@@ -54,13 +53,20 @@ class _Link:
     """Client-side view of one shard."""
 
     index: int
-    address: str
-    sock: zmq.Socket
+    client: ClientSocket
     handle: Any = None
     in_flight: set[int] = field(default_factory=set)
     down_until: float = 0.0
     dead: bool = False
     resolving: Any = None  # ObjectRef of a pending address() lookup
+
+    @property
+    def address(self) -> str:
+        return self.client.address
+
+    @property
+    def sock(self) -> zmq.Socket:
+        return self.client.sock
 
 
 @dataclass(eq=False)
@@ -71,14 +77,19 @@ class _Job:
 
 
 class RewardClient:
-    """Scores batches on reward shards given as Ray actor handles or `tcp://` addresses."""
+    """Scores batches on reward shards given as Ray actor handles or `tcp://` addresses.
 
-    def __init__(self, shards: Sequence[Any], cfg: RewardConfig, *, max_in_flight_per_shard: int = 2,
-                 max_attempts: int | None = None, lookup_timeout_s: float = 60.0,
-                 keys: CurveKeys | None = None) -> None:
+    ``transport`` is the run's data-plane options (heartbeats, bounds); ``keys`` the run's CURVE key
+    pair: given, every shard is connected to as a CURVE server with the run's public key.
+    """
+
+    def __init__(self, shards: Sequence[Any], cfg: RewardConfig, *, transport: TransportConfig | None = None,
+                 max_in_flight_per_shard: int = 2, max_attempts: int | None = None,
+                 lookup_timeout_s: float = 60.0, keys: CurveKeys | None = None) -> None:
         if not shards:
             raise ValueError("RewardClient needs at least one shard")
         self.cfg = cfg
+        self.transport = wire.socket_config(transport or TransportConfig())
         self.max_in_flight = max_in_flight_per_shard
         self.max_attempts = max_attempts if max_attempts is not None else max(3, 2 * len(shards))
         self.lookup_timeout_s = lookup_timeout_s
@@ -92,8 +103,7 @@ class RewardClient:
         addresses = self._addresses(shards, lookup_timeout_s)
         self._links = []
         for i, (shard, addr) in enumerate(zip(shards, addresses)):
-            sock, _ = create_socket(self._ctx, zmq.DEALER, connect=addr, curve_keys=keys)
-            link = _Link(index=i, address=addr, sock=sock, handle=None if isinstance(shard, str) else shard)
+            link = _Link(index=i, client=self._connect(addr), handle=None if isinstance(shard, str) else shard)
             self._links.append(link)
             self._register(link)
 
@@ -108,6 +118,10 @@ class RewardClient:
         it = iter(resolved)
         return [s if isinstance(s, str) else next(it) for s in shards]
 
+    def _connect(self, address: str) -> ClientSocket:
+        server_public = self._keys.public if self._keys is not None else None
+        return ClientSocket(address, self.transport, self._keys, server_public=server_public, ctx=self._ctx)
+
     def _register(self, link: _Link) -> None:
         self._poller.register(link.sock, zmq.POLLIN)
         self._by_sock[link.sock] = link
@@ -115,7 +129,7 @@ class RewardClient:
     def _disconnect(self, link: _Link) -> None:
         self._poller.unregister(link.sock)
         del self._by_sock[link.sock]
-        link.sock.close(0)
+        link.client.close()
 
     @property
     def live_shards(self) -> int:
@@ -124,20 +138,57 @@ class RewardClient:
     # ------------------------------------------------------------------------------ public API
     def score(self, samples: Sequence[ScoringSample], step: int, total_steps: int) -> list[Score]:
         """Score `samples` at training `step` of `total_steps`; Scores come back in input order."""
-        for link in self._links:
-            link.in_flight.clear()  # anything left from an aborted call is forgotten
         unique: dict[str, ScoringSample] = {}
         for s in samples:
             unique.setdefault(s.id, s)
         items = list(unique.values())
         size = self.cfg.batch_size
-        batches = [items[i : i + size] for i in range(0, len(items), size)]
-        bodies = [wire.encoder.encode(wire.ScoreRequest(step=step, total_steps=total_steps, samples=b))
-                  for b in batches]
+        requests = [RewardRequest(step=step, total_steps=total_steps, samples=items[i : i + size])
+                    for i in range(0, len(items), size)]
+        results = self._score_requests(requests, [len(r.samples) for r in requests])
+        return [results[s.id] for s in samples]
+
+    def score_groups(self, groups: Sequence[ScoringGroup], step: int, total_steps: int) -> list[Score]:
+        """Score every completion of `groups`, each group's ground truth sent once (not once per
+        completion): one Score per completion, group by group in input order, completion ``i`` of
+        group ``g`` with id ``completion_id(g.id, i)``.
+
+        Groups are deduplicated by id (a repeated group is a re-send: it must have as many
+        completions). A group never splits across requests; a request takes groups until it holds
+        ``cfg.batch_size`` completions.
+        """
+        unique: dict[str, ScoringGroup] = {}
+        for g in groups:
+            first = unique.setdefault(g.id, g)
+            if len(first.completions) != len(g.completions):
+                raise ValueError(f"scoring group {g.id!r} given twice with {len(first.completions)} and "
+                                 f"{len(g.completions)} completions")
+        requests: list[RewardRequest] = []
+        counts: list[int] = []
+        batch: list[ScoringGroup] = []
+        n = 0
+        for g in unique.values():
+            batch.append(g)
+            n += len(g.completions)
+            if n >= self.cfg.batch_size:
+                requests.append(RewardRequest(step=step, total_steps=total_steps, groups=batch))
+                counts.append(n)
+                batch, n = [], 0
+        if batch:
+            requests.append(RewardRequest(step=step, total_steps=total_steps, groups=batch))
+            counts.append(n)
+        results = self._score_requests(requests, counts)
+        return [results[completion_id(g.id, i)] for g in groups for i in range(len(g.completions))]
+
+    def _score_requests(self, requests: list[RewardRequest], counts: list[int]) -> dict[str, Score]:
+        """Every request answered once (``counts[i]`` scores for request ``i``): Scores by id."""
+        for link in self._links:
+            link.in_flight.clear()  # anything left from an aborted call is forgotten
+        bodies = [encode(r) for r in requests]
         results: dict[str, Score] = {}
-        done = [False] * len(batches)
-        remaining = len(batches)
-        queue: deque[_Job] = deque(_Job(i) for i in range(len(batches)))
+        done = [False] * len(requests)
+        remaining = len(requests)
+        queue: deque[_Job] = deque(_Job(i) for i in range(len(requests)))
         pending: dict[int, tuple[_Job, _Link, float]] = {}
         sent_batch: dict[int, int] = {}  # every request id of this call -> its batch
         give_up = time.monotonic() + self.lookup_timeout_s + self.max_attempts * self.cfg.deadline_s
@@ -153,21 +204,23 @@ class RewardClient:
             next_deadline = min(d for _, _, d in pending.values())
             wait_ms = max(0, min(50, int((next_deadline - now) * 1000) + 1))
             for sock, _ in self._poller.poll(wait_ms):
-                for status, rid, body in self._drain(sock):
+                for rid, message in self._drain(sock):
                     batch = sent_batch.get(rid)
                     job_link = pending.pop(rid, None)
                     if job_link is not None:
                         job_link[1].in_flight.discard(rid)
                     if batch is None:
                         continue  # a reply from an earlier call
-                    if status != wire.STATUS_OK:
-                        raise RewardServiceError(f"shard rejected a request: {_error_message(body)}")
-                    if done[batch]:
-                        self.duplicate_replies += 1
-                        continue
                     try:
-                        reply = wire.reply_decoder.decode(body)
-                    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+                        reply = wire.decode_reply(message, self.transport)
+                        if isinstance(reply, Reject):
+                            raise RewardServiceError(f"shard rejected a request: {reply.reason}")
+                        if len(reply.scores) != counts[batch]:
+                            raise WireError(f"{len(reply.scores)} scores for {counts[batch]} completions")
+                    except WireError as e:
+                        if done[batch]:
+                            self.duplicate_replies += 1
+                            continue
                         # Our own shard never sends this; whoever did, the batch is retried elsewhere.
                         link = self._by_sock.get(sock)
                         if job_link is not None and link is not None:
@@ -175,13 +228,16 @@ class RewardClient:
                             link.in_flight.add(rid)
                             self._fail(link, pending, queue, time.monotonic(), f"sent a malformed reply ({e})")
                         continue
+                    if done[batch]:
+                        self.duplicate_replies += 1
+                        continue
                     for sc in reply.scores:
                         results.setdefault(sc.id, sc)
                     done[batch] = True
                     remaining -= 1
                     self._cancel_copies(batch, pending, sent_batch, queue)
             self._expire(pending, queue, time.monotonic())
-        return [results[s.id] for s in samples]
+        return results
 
     def close(self) -> None:
         """Close the sockets (pending replies are dropped)."""
@@ -198,7 +254,7 @@ class RewardClient:
         self.close()
 
     # ------------------------------------------------------------------------------- internals
-    def _dispatch(self, queue: deque[_Job], pending: dict, sent_batch: dict, bodies: list[bytes], now: float) -> None:
+    def _dispatch(self, queue: deque[_Job], pending: dict, sent_batch: dict, bodies: list[list], now: float) -> None:
         while queue:
             job = queue[0]
             link = self._pick(job.tried, now)
@@ -206,7 +262,7 @@ class RewardClient:
                 return
             queue.popleft()
             rid = next(self._ids)
-            link.sock.send_multipart([wire.KIND_SCORE, wire.pack_id(rid), bodies[job.batch]], copy=False)
+            link.sock.send_multipart([wire.pack_id(rid), *bodies[job.batch]], copy=False)
             link.in_flight.add(rid)
             job.tried.add(link.index)
             pending[rid] = (job, link, now + self.cfg.deadline_s)
@@ -222,15 +278,16 @@ class RewardClient:
         return min(free, key=lambda lk: (lk.index in tried, len(lk.in_flight), lk.index))
 
     @staticmethod
-    def _drain(sock: zmq.Socket) -> list[tuple[bytes, int | None, bytes]]:
+    def _drain(sock: zmq.Socket) -> list[tuple[int | None, list]]:
+        """Every reply waiting on ``sock``: (request id, the frames after it)."""
         out = []
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            if len(frames) == 3:
-                out.append((frames[0], wire.unpack_id(frames[1]), frames[2]))
+            if len(frames) >= 2:
+                out.append((wire.unpack_id(frames[0]), frames[1:]))
             else:
                 log.warning("reward client: dropped a reply with %d frames", len(frames))
 
@@ -245,7 +302,19 @@ class RewardClient:
     def _expire(self, pending: dict, queue: deque[_Job], now: float) -> None:
         late = {link for (_, link, deadline) in pending.values() if deadline <= now}
         for link in late:
-            self._fail(link, pending, queue, now, "missed its deadline")
+            self._fail(link, pending, queue, now, self._missed(link))
+
+    @staticmethod
+    def _missed(link: _Link) -> str:
+        """Why a shard missed its deadline, as far as its socket knows: a refused CURVE handshake,
+        never connected, or just late."""
+        try:
+            link.client.check_handshake()
+        except PeerRefused as err:
+            return f"missed its deadline: {err}"
+        if not link.client.handshake_ok:
+            return "missed its deadline (never connected: shard down, wrong address or CURVE mismatch)"
+        return "missed its deadline"
 
     def _fail(self, link: _Link, pending: dict, queue: deque[_Job], now: float, why: str) -> None:
         """Take a shard out for one deadline and re-queue (first) everything in flight on it."""
@@ -290,7 +359,7 @@ class RewardClient:
             if addr != link.address:
                 log.info("reward shard %d moved to %s", link.index, addr)
                 self._disconnect(link)
-                link.sock, link.address = create_socket(self._ctx, zmq.DEALER, connect=addr, curve_keys=self._keys)
+                link.client = self._connect(addr)
                 link.in_flight.clear()
                 link.down_until = 0.0
                 self._register(link)

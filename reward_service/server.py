@@ -1,8 +1,10 @@
-"""The serving loop of one reward shard: a ROUTER socket in its own thread around `score_batch`.
+"""The serving loop of one reward shard: a `ServerSocket` (ROUTER) in its own thread around `score_batch`.
 
 No Ray here (the actor in `service.py` is a thin shell around this), so it runs in-process in tests
-and benchmarks too. Concurrency: the socket is created, used and closed only by the serving thread;
-other threads read `address`, `stats` and call `stop()`.
+and benchmarks too. The socket is the shared transport's (`stgrl.transport.endpoints`): the run's
+bind host, CURVE decision, heartbeats and size guard, with the reward socket's bounds
+(`wire.socket_config`). Concurrency: the socket is created, used and closed only by the serving
+thread; other threads read `address`, `stats` and call `stop()`.
 """
 
 from __future__ import annotations
@@ -10,24 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-import msgspec
-import zmq
+from collections.abc import Callable
+from typing import Any
 
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import ShardStats
 from stgrl.reward_service.rewards import score_batch
-from stgrl.reward_service.transport import DEFAULT_HOST, create_socket
 from stgrl.reward_service.types import TASKS, KeyFrame, ScoringSample
-from stgrl.transport.security import CurveKeys, CurveServer
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ServerSocket
+from stgrl.transport.security import CurveKeys
+from stgrl.transport.wire import Reject, RewardResult, WireError
 
 log = logging.getLogger(__name__)
-
-QUEUED_PER_CONNECTION = 16
-"""Requests libzmq queues per client connection before it stops reading from it: with
-`wire.MAX_MESSAGE_BYTES` that bounds a connection's queued bytes to 1 GiB (the client keeps at most
-``max_in_flight_per_shard`` = 2 requests in flight per shard, so it never gets near)."""
 
 
 def warm_up_samples() -> list[ScoringSample]:
@@ -42,14 +40,18 @@ def warm_up_samples() -> list[ScoringSample]:
 
 class ShardServer:
     """Serves scoring requests until `stop()`. `on_request(latency_s, n_samples)` (e.g. a metrics
-    exporter) is called after each reply."""
+    exporter) is called after each reply.
 
-    def __init__(self, shard_id: int, cfg: RewardConfig, host: str = DEFAULT_HOST, on_request=None,
-                 keys: CurveKeys | None = None) -> None:
+    ``transport`` is the run's data-plane options (default: loopback, CURVE `auto`); ``keys`` the
+    run's CURVE key pair, required whenever ``transport`` makes the socket a CURVE server.
+    """
+
+    def __init__(self, shard_id: int, cfg: RewardConfig, transport: TransportConfig | None = None, *,
+                 on_request: Callable[[float, int], Any] | None = None, keys: CurveKeys | None = None) -> None:
         self.shard_id = shard_id
         self.cfg = cfg
+        self.transport = wire.socket_config(transport or TransportConfig())
         self.stats = ShardStats()
-        self._host = host
         self._keys = keys
         self._on_request = on_request
         self._stop = threading.Event()
@@ -66,7 +68,7 @@ class ShardServer:
         score_batch(warm_up_samples(), 0, 1, self.cfg)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._address is None:
-            raise RuntimeError(f"reward shard {self.shard_id} failed to bind: {self._error!r}")
+            raise RuntimeError(f"reward shard {self.shard_id} failed to bind: {self._error}")
         return self._address
 
     @property
@@ -80,80 +82,66 @@ class ShardServer:
             self._thread.join(timeout_s)
 
     def _serve(self) -> None:
-        ctx = zmq.Context()
-        curve = CurveServer(ctx, self._keys) if self._keys is not None else None
         try:
-            sock, self._address = create_socket(ctx, zmq.ROUTER, bind_host=self._host, curve_server=curve,
-                                                high_water_mark=QUEUED_PER_CONNECTION)
+            server = ServerSocket(self.transport, self._keys)
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()
-            if curve is not None:
-                curve.stop()
-            ctx.term()
             return
+        self._address = server.address
         self._ready.set()
-        log.info("reward shard %d serving on %s", self.shard_id, self._address)
+        log.info("reward shard %d serving on %s%s", self.shard_id, self._address,
+                 " (CURVE)" if server.curve else "")
+        sock = server.sock
         try:
             while not self._stop.is_set():
                 if not sock.poll(100):
                     continue
-                frames = sock.recv_multipart(copy=True)
+                peer, *message = sock.recv_multipart(copy=True)
                 t0 = time.perf_counter()
-                reply, n_scored = self._handle_safely(frames[1:])
+                reply, n_scored = self._handle_safely(message)
                 if reply is None:
                     continue
                 try:
-                    sock.send_multipart([frames[0], *reply])
+                    sock.send_multipart([peer, *reply], copy=False)
                     if n_scored and self._on_request is not None:
                         self._on_request(time.perf_counter() - t0, n_scored)
                 except Exception:  # a failed reply or metrics export must not end the serving thread
                     self.stats.count_handler_error()
                     log.exception("reward shard %d: replying or exporting metrics failed", self.shard_id)
         finally:
-            sock.close(0)
-            if curve is not None:
-                curve.stop()
-            ctx.term()
+            server.close()
 
-    def _handle_safely(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:
+    def _handle_safely(self, message: list[bytes]) -> tuple[list | None, int]:
         """`_handle`, but any exception becomes an error reply (or a drop) and is counted in
         ``stats.handler_errors``: one hostile or unlucky request must never end the serving thread,
         whose death would leave a live actor that Ray never restarts."""
         try:
-            return self._handle(frames)
+            return self._handle(message)
         except Exception as e:
             self.stats.count_handler_error()
             log.exception("reward shard %d: a request raised %s; replying with an error", self.shard_id,
                           type(e).__name__)
-            rid = frames[1] if len(frames) == 3 else None
-            if rid is None or wire.unpack_id(rid) is None:
+            if not message or wire.unpack_id(message[0]) is None:
                 return None, 0
-            message = f"shard {self.shard_id} could not handle the request: {type(e).__name__}"
-            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=message))], 0
+            reason = f"shard {self.shard_id} could not handle the request: {type(e).__name__}"
+            return wire.frames(message[0], Reject(reason=reason)), 0
 
-    def _handle(self, frames: list[bytes]) -> tuple[list[bytes] | None, int]:
-        """One request -> (reply frames, number of samples scored). Frames are None when the request
-        cannot even be answered by id."""
-        if len(frames) != 3:
-            log.warning("reward shard %d: dropped a message with %d frames", self.shard_id, len(frames))
+    def _handle(self, message: list[bytes]) -> tuple[list | None, int]:
+        """One request ``[request_id, header]`` -> (reply frames, number of samples scored). Frames
+        are None when the request cannot even be answered by id."""
+        if not message or wire.unpack_id(message[0]) is None:
+            log.warning("reward shard %d: dropped a message without a request id", self.shard_id)
             return None, 0
-        kind, rid, body = frames
-        if wire.unpack_id(rid) is None:
-            log.warning("reward shard %d: dropped a message with a bad request id", self.shard_id)
-            return None, 0
-        if kind != wire.KIND_SCORE:
-            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=f"unknown kind {kind!r}"))], 0
+        rid = message[0]
         t0 = time.perf_counter()
         try:
-            req = wire.request_decoder.decode(body)
-        except (msgspec.DecodeError, ValueError) as e:
-            return [wire.STATUS_ERROR, rid, wire.encoder.encode(wire.ErrorReply(message=f"bad request: {e}"))], 0
-        except RecursionError:  # e.g. 200k-deep nesting under a field the decoder skips
-            return [wire.STATUS_ERROR, rid,
-                    wire.encoder.encode(wire.ErrorReply(message="bad request: nested too deeply"))], 0
-        scores = score_batch(req.samples, req.step, req.total_steps, self.cfg)
+            req = wire.decode_request(message[1:], self.transport)
+        except WireError as e:
+            return wire.frames(rid, Reject(reason=f"bad request: {e}")), 0
+        samples = [*req.samples, *(s for g in req.groups for s in g.samples())]
+        scores = score_batch(samples, req.step, req.total_steps, self.cfg)
         handle_s = time.perf_counter() - t0
         self.stats.record(handle_s, scores)
-        reply = wire.ScoreReply(shard=self.shard_id, scores=scores, handle_s=handle_s)
-        return [wire.STATUS_OK, rid, wire.encoder.encode(reply)], len(scores)
+        reply = RewardResult(shard=self.shard_id, scores=scores, handle_s=handle_s)
+        return wire.frames(rid, reply), len(scores)

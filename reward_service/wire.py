@@ -1,57 +1,80 @@
-"""Wire format of the reward service (ZeroMQ frames + msgspec msgpack), in one place.
+"""The reward shard's socket, on the shared data plane: its framing, its bounds, and nothing else.
 
-Client (DEALER) → shard (ROUTER): `[kind, request_id, body]`; shard → client: `[status, request_id,
-body]`. The first frame is one byte so a receiver routes before decoding (and an unknown kind gets a
-clear error reply); the request id is its own 8-byte frame so even a body that fails to decode can be
-answered by id. Bodies are decoded with typed decoders: a malformed message fails at the boundary.
-Nothing is ever unpickled.
+Client (DEALER) → shard (ROUTER): ``[request_id, *encode(RewardRequest)]``; shard → client:
+``[request_id, *encode(RewardResult | Reject)]``. The schema, the typed decoder and its errors are
+`stgrl.transport.wire`'s; the sockets are `stgrl.transport.endpoints`' (the same heartbeats, size
+guard, CURVE decision and handshake watch as every other data-plane socket). The request id is its
+own 8-byte frame, first, so that even a header that fails to decode can be answered by id. Nothing
+is ever unpickled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import msgspec
-from msgspec import Struct
 
-from stgrl.reward_service.types import Score, ScoringSample
+from stgrl.transport import wire
+from stgrl.transport.config import TransportConfig
 
-KIND_SCORE = b"\x01"
-STATUS_OK = b"\x00"
-STATUS_ERROR = b"\x01"
-MAX_MESSAGE_BYTES = 64 << 20
-"""Larger messages are dropped by ZeroMQ on receipt (a batch of 32 completions is ~100 KB)."""
+__all__ = [
+    "MAX_MESSAGE_MIB",
+    "QUEUED_PER_CONNECTION",
+    "REPLY_TYPES",
+    "decode_reply",
+    "decode_request",
+    "frames",
+    "pack_id",
+    "socket_config",
+    "unpack_id",
+]
 
+MAX_MESSAGE_MIB = 64
+"""A reward message's header is refused above this (a batch of 32 completions is ~100 KB); libzmq's
+own guard (`endpoints`) drops messages above twice that before they are read."""
+QUEUED_PER_CONNECTION = 16
+"""Messages libzmq queues per connection before it stops reading from it: with `MAX_MESSAGE_MIB`
+that bounds a connection's queued bytes to ~2 GiB at the very worst (the client keeps at most
+``max_in_flight_per_shard`` = 2 requests in flight per shard, so it never gets near)."""
 
-class ScoreRequest(Struct, array_like=True, gc=False, kw_only=True):
-    """A batch to score. The training step travels with every request, so every shard applies the
-    same proximity curriculum without shared state."""
-
-    step: int
-    total_steps: int
-    samples: list[ScoringSample]
-
-
-class ScoreReply(Struct, array_like=True, gc=False, kw_only=True):
-    """Scores in request order, the shard that computed them and its handling time."""
-
-    shard: int
-    scores: list[Score]
-    handle_s: float
-
-
-class ErrorReply(Struct, array_like=True, gc=False, kw_only=True):
-    message: str
+REPLY_TYPES = wire.RewardResult | wire.Reject
 
 
-encoder = msgspec.msgpack.Encoder()
-request_decoder = msgspec.msgpack.Decoder(ScoreRequest)
-reply_decoder = msgspec.msgpack.Decoder(ScoreReply)
-error_decoder = msgspec.msgpack.Decoder(ErrorReply)
+def socket_config(cfg: TransportConfig) -> TransportConfig:
+    """The run's transport options with the reward socket's own, tighter bounds.
+
+    Everything else (bind host, CURVE mode, heartbeats) is the run's, so a shard is secured and
+    watched exactly like the trajectory and weight sockets."""
+    mib = min(cfg.max_frame_mib, MAX_MESSAGE_MIB)
+    fields = msgspec.structs.asdict(cfg)
+    fields.update(max_frame_mib=mib, weight_bucket_mib=min(cfg.weight_bucket_mib, mib),
+                  high_water_mark=min(cfg.high_water_mark, QUEUED_PER_CONNECTION))
+    return TransportConfig(**fields)
 
 
 def pack_id(request_id: int) -> bytes:
     return request_id.to_bytes(8, "big")
 
 
-def unpack_id(frame: bytes) -> int | None:
+def unpack_id(frame: Any) -> int | None:
     """The request id of a frame, None if the frame is not 8 bytes."""
-    return int.from_bytes(frame, "big") if len(frame) == 8 else None
+    raw = bytes(getattr(frame, "buffer", frame))
+    return int.from_bytes(raw, "big") if len(raw) == 8 else None
+
+
+def frames(request_id: bytes, msg: msgspec.Struct) -> list[Any]:
+    """``[request_id, *encode(msg)]``, ready for ``send_multipart``."""
+    return [request_id, *wire.encode(msg)]
+
+
+def decode_request(message: Sequence[Any], cfg: TransportConfig) -> wire.RewardRequest:
+    """The request in ``message`` (the frames after the id); `wire.WireError` if malformed."""
+    req, _ = wire.decode(message, wire.RewardRequest, max_frame_bytes=cfg.max_frame_bytes, max_tensors=0)
+    return req
+
+
+def decode_reply(message: Sequence[Any], cfg: TransportConfig) -> wire.RewardResult | wire.Reject:
+    """The reply in ``message`` (the frames after the id); `wire.WireError` if malformed."""
+    reply, _ = wire.decode(message, REPLY_TYPES, max_frame_bytes=cfg.max_frame_bytes, max_tensors=0)
+    return reply

@@ -38,6 +38,11 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     the socket are not one thread's work (docs/design.md §6)."""
     weight_shm: bool = True
     """Publisher keeps its snapshot in /dev/shm; subscribers on the same host copy from it instead of TCP."""
+    receive_budget_mib: Annotated[int, Meta(ge=1, le=1 << 20)] = 2048
+    """Bytes a trajectory receiver holds in messages read off the network but not yet taken by its
+    consumer, across all connections together. Its own thread keeps libzmq's queues drained; a message
+    arriving over the budget is dropped unanswered (the sender re-sends it later), one larger than the
+    whole budget is rejected. This is what bounds the receiver's memory against many connections."""
     heartbeat_s: Annotated[float, Meta(ge=0.01, le=3600.0)] = 2.0
     """ZeroMQ heartbeat interval; a peer silent for 3 intervals is dropped and reconnected. ZeroMQ takes
     it in whole milliseconds as a C int (hence the bounds: 0 ms would turn heartbeats off)."""
@@ -50,9 +55,18 @@ class TransportConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     def max_frame_bytes(self) -> int:
         return self.max_frame_mib << 20
 
+    @property
+    def receive_budget_bytes(self) -> int:
+        return self.receive_budget_mib << 20
+
     def __post_init__(self) -> None:
         if self.weight_bucket_mib > self.max_frame_mib:
             raise ValueError(
                 f"weight_bucket_mib ({self.weight_bucket_mib}) must not exceed max_frame_mib "
                 f"({self.max_frame_mib}): every bucket travels as one frame"
+            )
+        if self.receive_budget_mib < self.max_frame_mib:
+            raise ValueError(
+                f"receive_budget_mib ({self.receive_budget_mib}) must be at least max_frame_mib "
+                f"({self.max_frame_mib}): a receiver must be able to hold one message of the largest frame"
             )

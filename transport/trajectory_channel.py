@@ -13,12 +13,16 @@ Topology: the consumer's `TrajectoryReceiver` binds a ROUTER; each rollout worke
   `commit`) and acks re-sends of them without delivering them again.
 
 Concurrency: each object is used from one thread (ZeroMQ sockets are not thread-safe). A sender only
-talks to the network inside `send`/`flush`/`poll`, so a worker should `flush` before going idle.
+talks to the network inside `send`/`flush`/`poll`, so a worker should `flush` before going idle. A
+receiver keeps its socket in a reading thread of its own, so that what it holds is bounded in bytes
+across all connections (`transport.receive_budget_mib`), not per connection as libzmq bounds it.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -163,6 +167,13 @@ class ReceiverStats:
     rejected: int = 0
     rejections: list[str] = field(default_factory=list)
     """Last reasons (bounded)."""
+    dropped_over_budget: int = 0
+    """Messages dropped unanswered because `transport.receive_budget_mib` was full (senders re-send)."""
+
+
+_PUMP_BATCH = 64
+"""Messages the reading thread takes off the socket before it sends pending replies again."""
+_DROP_WARNING_EVERY_S = 10.0
 
 
 class TrajectoryReceiver:
@@ -171,6 +182,13 @@ class TrajectoryReceiver:
     ``committed_ids``: ids the consumer already holds (after a restart); re-sends of them are acked and
     dropped. ``auto_commit``: ack on delivery, for a consumer that dies together with this receiver and
     restarts from a checkpoint listing its ids.
+
+    Memory: libzmq queues up to ``high_water_mark`` messages *per connection*, so a consumer busy
+    training would let many connections pile up far more than any bound. A reading thread therefore
+    owns the socket and keeps those queues drained into one inbox holding at most
+    ``cfg.receive_budget_mib`` across all connections; a message that finds the inbox full is dropped
+    without an answer (at-least-once: its sender re-sends it after ``resend_after_s``). Decoding, dedup
+    and acks stay on the consumer's thread; its replies go out through the reading thread.
     """
 
     def __init__(
@@ -190,6 +208,18 @@ class TrajectoryReceiver:
         self._committed: OrderedDict[str, None] = OrderedDict()
         self._remember(committed_ids)
         self.stats = ReceiverStats()
+        self._inbox: queue.SimpleQueue[tuple[bytes, list, int]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[bytes, Ack | Reject]] = queue.SimpleQueue()
+        self._held = 0  # bytes of the messages in _inbox
+        self._held_lock = threading.Lock()
+        self._last_drop_warning = 0.0
+        self._wake_rx = self._server.ctx.socket(zmq.PAIR)
+        self._wake_rx.bind("inproc://wake")
+        self._wake_tx = self._server.ctx.socket(zmq.PAIR)
+        self._wake_tx.connect("inproc://wake")
+        self._stop = threading.Event()
+        self._pump_thread = threading.Thread(target=self._pump, name="trajectory-receiver", daemon=True)
+        self._pump_thread.start()
 
     @property
     def address(self) -> str:
@@ -199,6 +229,11 @@ class TrajectoryReceiver:
     def curve(self) -> bool:
         return self._server.curve
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes read off the network and not yet taken by the consumer (≤ the receive budget)."""
+        return self._held
+
     def recv(self, timeout: float | None = None) -> tuple[TrajectoryGroup, dict[str, torch.Tensor]]:
         """Next new group and its tensors (aliasing the received frames).
 
@@ -207,14 +242,17 @@ class TrajectoryReceiver:
         """
         limit = self.cfg.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
-        sock = self._server.sock
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+            try:
+                if left <= 0:
+                    raise queue.Empty
+                identity, frames, size = self._inbox.get(timeout=left)
+            except queue.Empty:
                 raise TransportTimeout(f"no trajectory group from any sender at {self.address} "
-                                       f"within {limit:.1f}s")
-            identity, *frames = sock.recv_multipart(copy=False)
-            identity = identity.bytes
+                                       f"within {limit:.1f}s") from None
+            with self._held_lock:
+                self._held -= size
             got = self._accept(identity, frames)
             if got is not None:
                 return got
@@ -257,10 +295,13 @@ class TrajectoryReceiver:
         return group, tensors
 
     def _reject(self, identity: bytes, reason: str, ids: list[str]) -> None:
+        self._count_rejection(reason)
+        self._reply(identity, Reject(reason, ids))
+
+    def _count_rejection(self, reason: str) -> None:
         self.stats.rejected += 1
         self.stats.rejections = (self.stats.rejections + [reason])[-16:]
         log.warning("rejected message on %s: %s", self.address, reason)
-        self._reply(identity, Reject(reason, ids))
 
     def _remember(self, ids: Iterable[str]) -> None:
         for gid in ids:
@@ -270,10 +311,92 @@ class TrajectoryReceiver:
             self._committed.popitem(last=False)
 
     def _reply(self, identity: bytes, msg: Ack | Reject) -> None:
+        """From the consumer's thread: hand the reply to the reading thread, which owns the socket."""
+        self._outbox.put((identity, msg))
+        try:
+            self._wake_tx.send(b"", flags=zmq.NOBLOCK)
+        except zmq.Again:  # a wake-up is already pending
+            pass
+
+    # --- the reading thread ----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Keep libzmq's per-connection queues drained into the bounded inbox; send queued replies."""
+        sock = self._server.sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        while not self._stop.is_set():
+            try:
+                ready = dict(poller.poll(500))
+                if self._wake_rx in ready:
+                    while self._wake_rx.poll(0):
+                        self._wake_rx.recv()
+                self._send_replies()
+                if sock in ready:
+                    for _ in range(_PUMP_BATCH):
+                        try:
+                            identity, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._admit(identity.bytes, frames)
+            except Exception:  # the receiver must keep serving whatever one message did
+                if self._stop.is_set():
+                    return
+                log.exception("trajectory receiver %s: error in its reading thread", self.address)
+                time.sleep(0.05)
+
+    def _admit(self, identity: bytes, frames: list) -> None:
+        size = sum(len(f) for f in frames)
+        budget = self.cfg.receive_budget_bytes
+        if size > budget:
+            reason = (f"message of {size / 2**20:.1f} MiB exceeds the receiver's whole budget "
+                      f"(transport.receive_budget_mib = {self.cfg.receive_budget_mib})")
+            self._count_rejection(reason)
+            self._send_now(identity, Reject(reason, []))
+            return
+        with self._held_lock:
+            if self._held + size > budget:
+                self.stats.dropped_over_budget += 1
+                over = True
+            else:
+                self._held += size
+                over = False
+        if over:
+            now = time.monotonic()
+            if now - self._last_drop_warning >= _DROP_WARNING_EVERY_S:
+                self._last_drop_warning = now
+                log.warning("trajectory receiver %s holds %.0f MiB not yet taken by its consumer (budget "
+                            "transport.receive_budget_mib = %d): dropping new messages until it catches "
+                            "up; their senders re-send them (%d dropped so far)", self.address,
+                            self._held / 2**20, self.cfg.receive_budget_mib, self.stats.dropped_over_budget)
+            return
+        self._inbox.put((identity, frames, size))
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                identity, msg = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._send_now(identity, msg)
+
+    def _send_now(self, identity: bytes, msg: Ack | Reject) -> None:
         try:
             self._server.sock.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError) as err:  # peer gone or its queue full: it will re-send
             log.debug("could not reply to a sender on %s: %s", self.address, err)
 
     def close(self) -> None:
+        """Stop the reading thread and release the port (replies not yet sent are dropped)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        try:
+            self._wake_tx.send(b"", flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._pump_thread.join(timeout=10)
+        self._wake_tx.close(linger=0)
+        self._wake_rx.close(linger=0)
         self._server.close()

@@ -24,14 +24,13 @@ import msgspec
 import torch
 
 from stgrl.explain import find_invalid
-from stgrl.reward_service.types import KeyFrame, Score, ScoringSample
+from stgrl.transport.scoring import KeyFrame, Score, ScoringGroup, ScoringSample
 from stgrl.transport.tensor_frames import FrameError, TensorMeta, tensor_from_frame, tensor_to_frame
 
 __all__ = [
     "Ack",
     "BucketRequest",
     "Completion",
-    "Control",
     "KeyFrame",
     "ManifestRequest",
     "Message",
@@ -40,6 +39,7 @@ __all__ = [
     "RewardRequest",
     "RewardResult",
     "Score",
+    "ScoringGroup",
     "ScoringSample",
     "TensorEntry",
     "TrajectoryGroup",
@@ -109,20 +109,28 @@ class TrajectoryGroup(_Msg, tag="trajectory_group"):
 
 
 class RewardRequest(_Msg, tag="reward_request"):
-    """Score ``samples`` at training ``step`` (the step travels with the request, never a global).
+    """Score ``samples`` and every completion of ``groups`` at training ``step`` (the step travels
+    with the request, never a global, so every shard applies the same proximity curriculum).
 
-    The sharded service in `stgrl.reward_service` has its own framing for the same payload types.
+    A reward shard's socket carries it as ``[request_id, *encode(request)]`` (see
+    `stgrl.reward_service.wire`): the id frame comes first so that even a header that fails to
+    decode gets its error answered by id.
     """
 
-    request_id: str
     step: int
     total_steps: int
-    samples: list[ScoringSample]
+    samples: list[ScoringSample] = msgspec.field(default_factory=list)
+    groups: list[ScoringGroup] = msgspec.field(default_factory=list)
+    """Ground truth once per group; completion ``i`` of group ``g`` is scored as ``g.id#i``."""
 
 
 class RewardResult(_Msg, tag="reward_result"):
-    request_id: str
+    """Scores in request order (``samples`` first, then each group's completions), the shard that
+    computed them and its handling time."""
+
+    shard: int
     scores: list[Score]
+    handle_s: float
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -191,7 +199,7 @@ class VersionReport(_Msg, tag="version_report"):
     version: int
 
 
-# --- acks and control ---------------------------------------------------------------------------
+# --- acks -----------------------------------------------------------------------------------------
 
 
 class Ack(_Msg, tag="ack"):
@@ -205,15 +213,9 @@ class Reject(_Msg, tag="reject"):
     ids: list[str] = msgspec.field(default_factory=list)
 
 
-class Control(_Msg, tag="control"):
-    command: str
-    step: int | None = None
-    args: dict[str, str] = msgspec.field(default_factory=dict)
-
-
 Message = Union[
     TrajectoryGroup, RewardRequest, RewardResult, ManifestRequest, NoVersion, WeightManifest,
-    BucketRequest, WeightBucket, VersionReport, Ack, Reject, Control,
+    BucketRequest, WeightBucket, VersionReport, Ack, Reject,
 ]
 """Any top-level message (decode with this when a socket serves several kinds)."""
 

@@ -16,7 +16,7 @@ from stgrl.learner.testing import free_port
 from stgrl.learner.worker import LocalLearner
 
 PORT = free_port()
-SFT = SFTConfig(steps=24, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=12)
+SFT = SFTConfig(steps=24, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=12, checkpoint_every=6)
 
 
 def _examples(vl_prompt, seeds):
@@ -60,8 +60,16 @@ def test_sft_lowers_held_out_loss_and_resumes_exactly(vl_model_dir, sft_data, tm
     part = run_sft(_learner(vl_model_dir), train_batch, held, SFT, tmp_path / "cut", stop_after=9)
     assert len(part.history) == 9 and not (tmp_path / "cut" / "hf").exists()
     resumed_learner = _learner(vl_model_dir)
-    rest = run_sft(resumed_learner, train_batch, held, SFT, tmp_path / "cut")
+    seen = []
+    rest = run_sft(resumed_learner, train_batch, held, SFT, tmp_path / "cut",
+                   on_step=lambda done, metrics, held_out: seen.append((done, metrics, held_out)))
     assert rest.resumed_from == 9 and len(rest.history) == SFT.steps - 9
+    # the caller's hook: every step once, from the checkpoint on, with timings and the held-out loss
+    # exactly where the loop evaluated (no step-0 call: a resumed run does not re-evaluate the start)
+    assert [d for d, _, _ in seen] == list(range(10, SFT.steps + 1))
+    assert [(d, h) for d, _, h in seen if h is not None] == rest.eval_losses == [(12, rest.eval_losses[0][1]),
+                                                                                 (24, l_end)]
+    assert all(m["step_time_s"] >= m["data_time_s"] >= 0 and m["sft_loss"] > 0 for _, m, _ in seen)
     assert [m["sft_loss"] for m in part.history + rest.history] == [m["sft_loss"] for m in res.history]
     want, got = full.full_state_dict(), resumed_learner.full_state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)

@@ -13,6 +13,7 @@ from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.server import ShardServer
 from stgrl.transport.advertise import advertised_host
+from stgrl.transport.config import TransportConfig
 from stgrl.transport.security import CurveKeys, generate_keypair
 
 CFG = RewardConfig(batch_size=8, deadline_s=2.0)
@@ -21,7 +22,7 @@ CFG = RewardConfig(batch_size=8, deadline_s=2.0)
 @pytest.mark.timeout(60)
 def test_wildcard_bound_shard_advertises_this_hosts_address(samples_of):
     keys = CurveKeys(*generate_keypair())
-    srv = ShardServer(0, CFG, host="0.0.0.0", keys=keys)
+    srv = ShardServer(0, CFG, TransportConfig(bind_host="0.0.0.0"), keys=keys)
     srv.start()
     try:
         host = srv.address.removeprefix("tcp://").rsplit(":", 1)[0]

@@ -3,6 +3,7 @@ message that carries a request id gets one of our replies, and the shard serves 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -15,10 +16,13 @@ from hypothesis import strategies as st
 from stgrl.reward_service import wire
 from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.server import ShardServer
-from stgrl.reward_service.transport import create_socket
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ClientSocket, ServerSocket
+from stgrl.transport.wire import Reject, RewardRequest, RewardResult, encode
 
 pytestmark = pytest.mark.timeout(300)
 CFG = RewardConfig(batch_size=8, deadline_s=0.3)
+TCFG = wire.socket_config(TransportConfig())
 _DEEP = re.compile(rb"[\xa0-\xbf]\x00deep(\d+)\x00")
 
 
@@ -35,25 +39,29 @@ def pack(tree) -> bytes:
 def shard():
     srv = ShardServer(0, CFG)
     srv.start()
-    ctx = zmq.Context()
-    sock, _ = create_socket(ctx, zmq.DEALER, connect=srv.address)
-    yield srv, sock
-    sock.close(0)
-    ctx.term()
+    client = ClientSocket(srv.address, TCFG, None)
+    yield srv, client.sock
+    client.close()
     srv.stop()
 
 
+def _header(tree) -> list:
+    """The builtins of a request's header frame (``[body, tensors]``), for mutating."""
+    return msgspec.msgpack.decode(encode(tree)[0])
+
+
 def _ask(sock, frames, timeout_ms: int = 10_000):
+    """Send ``frames``; the reply's (request id, decoded RewardResult | Reject)."""
     sock.send_multipart(frames)
     assert sock.poll(timeout_ms), "the shard did not answer"
-    return sock.recv_multipart()
+    rid, *reply = sock.recv_multipart()
+    return rid, wire.decode_reply(reply, TCFG)
 
 
 def _good(sock, samples, rid: int = 99) -> None:
-    body = wire.encoder.encode(wire.ScoreRequest(step=0, total_steps=1, samples=samples))
-    status, got, reply = _ask(sock, [wire.KIND_SCORE, wire.pack_id(rid), body])
-    assert status == wire.STATUS_OK and wire.unpack_id(got) == rid
-    assert len(wire.reply_decoder.decode(reply).scores) == len(samples)
+    got, reply = _ask(sock, wire.frames(wire.pack_id(rid), RewardRequest(step=0, total_steps=1, samples=samples)))
+    assert wire.unpack_id(got) == rid and isinstance(reply, RewardResult)
+    assert len(reply.scores) == len(samples)
 
 
 def test_deeply_nested_requests_get_an_error_reply_and_the_shard_keeps_serving(shard, samples_of):
@@ -63,14 +71,13 @@ def test_deeply_nested_requests_get_an_error_reply_and_the_shard_keeps_serving(s
     srv, sock = shard
     sample = msgspec.to_builtins(samples_of(1)[0])
     for rid, where in ((1, "unknown_key"), (2, "key_items")):
-        body = pack([0, 1, [{**sample, where: deep(200_000)}]])
+        body = pack([["reward_request", 0, 1, [{**sample, where: deep(200_000)}]], []])
         assert len(body) > 190_000
-        status, got, reply = _ask(sock, [wire.KIND_SCORE, wire.pack_id(rid), body])
-        assert status == wire.STATUS_ERROR and wire.unpack_id(got) == rid
-        message = wire.error_decoder.decode(reply).message
-        assert message.startswith("bad request: ")
+        got, reply = _ask(sock, [wire.pack_id(rid), body])
+        assert isinstance(reply, Reject) and wire.unpack_id(got) == rid
+        assert reply.reason.startswith("bad request: ")
         if where == "unknown_key":  # skipped by the decoder, so only the depth can refuse it
-            assert message == "bad request: nested too deeply"
+            assert reply.reason.endswith(": nested too deeply")
     _good(sock, samples_of(3))
 
 
@@ -85,8 +92,8 @@ def test_a_handler_that_raises_is_reported_and_the_shard_keeps_serving(samples_o
 
     srv = ShardServer(0, CFG, on_request=failing_export)
     srv.start()
-    ctx = zmq.Context()
-    sock, _ = create_socket(ctx, zmq.DEALER, connect=srv.address)
+    client = ClientSocket(srv.address, TCFG, None)
+    sock = client.sock
     try:
         _good(sock, samples_of(2), rid=1)
         _good(sock, samples_of(2), rid=2)
@@ -95,8 +102,7 @@ def test_a_handler_that_raises_is_reported_and_the_shard_keeps_serving(samples_o
             time.sleep(0.01)
         assert calls == [2, 2] and srv.stats.snapshot()["handler_errors"] == 2
     finally:
-        sock.close(0)
-        ctx.term()
+        client.close()
         srv.stop()
 
 
@@ -123,43 +129,49 @@ def _mutate(tree, draw):
 
 
 @st.composite
-def hostile_requests(draw, valid_body):
-    body = valid_body
+def hostile_requests(draw, valid_header):
+    """``[request_id, header, *extra]`` from a valid header (``[[kind, step, total, samples,
+    groups], tensors]``) with mutations: a skipped field in a sample or a group's truth, any value
+    anywhere, a wrong kind, raw bytes, a bad id, unexpected tensor frames."""
+    header = valid_header
     if draw(st.integers(0, 3)) == 0:  # targeted: a sample (a dict) gets a field the decoder skips
-        samples = list(body[2])
+        body = list(header[0])
+        samples = list(body[3])
         i = draw(st.integers(0, len(samples) - 1))
         samples[i] = {**samples[i], draw(st.text(max_size=8)): draw(_value)}
-        body = [body[0], body[1], samples]
+        body[3] = samples
+        header = [body, header[1]]
+    if draw(st.integers(0, 5)) == 0:
+        header = [[draw(st.sampled_from(["reject", "ack", "nope", ""])), *header[0][1:]], header[1]]
     for _ in range(draw(st.integers(0, 3))):
-        body = _mutate(body, draw)
-    raw = draw(st.one_of(st.just(pack(body)), st.binary(max_size=64)))
-    kind = draw(st.sampled_from([wire.KIND_SCORE, wire.KIND_SCORE, b"\x09", b"", b"\x01\x01"]))
+        header = _mutate(header, draw)
+    raw = draw(st.one_of(st.just(pack(header)), st.binary(max_size=64)))
     rid = draw(st.sampled_from([wire.pack_id(5), wire.pack_id(5), b"", b"\x00" * 7, b"\x00" * 9]))
     extra = draw(st.sampled_from([[], [], [b"x"]]))
-    return [kind, rid, raw, *extra]
+    return [rid, raw, *extra]
 
 
 def test_fuzzed_requests_only_get_our_replies_and_the_shard_keeps_serving(shard, samples_of):
+    from stgrl.reward_service.types import ScoringGroup
+
     srv, sock = shard
     samples = samples_of(4)
-    valid = msgspec.to_builtins(wire.ScoreRequest(step=3, total_steps=10, samples=samples))
+    group = ScoringGroup(id="3/g", truth=samples[0], completions=[s.completion for s in samples])
+    valid = _header(RewardRequest(step=3, total_steps=10, samples=samples, groups=[group]))
     answered = []
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(hostile_requests(valid))
     def check(frames):
         sock.send_multipart(frames)
-        answerable = len(frames) == 3 and len(frames[1]) == 8
-        if not answerable:
+        if len(frames[0]) != 8:
             return  # dropped by design: nothing to answer it by (checked by the good request below)
         assert sock.poll(20_000), f"no reply to {[f[:40] for f in frames]}"
-        status, rid, body = sock.recv_multipart()
-        assert rid == frames[1]
-        if status == wire.STATUS_OK:
-            wire.reply_decoder.decode(body)
-        else:
-            assert status == wire.STATUS_ERROR
-            answered.append(wire.error_decoder.decode(body).message)
+        rid, *message = sock.recv_multipart()
+        assert rid == frames[0]
+        reply = wire.decode_reply(message, TCFG)  # always one of our replies
+        if isinstance(reply, Reject):
+            answered.append(reply.reason)
 
     check()
     assert answered, "the fuzz never produced a bad request"
@@ -176,15 +188,16 @@ def test_a_malformed_reply_is_retried_on_another_shard(samples_of):
     from stgrl.reward_service.client import RewardClient
     from stgrl.reward_service.rewards import score_batch
 
-    ctx = zmq.Context()
-    liar, liar_address = create_socket(ctx, zmq.ROUTER, bind_host="127.0.0.1")
+    liar_server = ServerSocket(TCFG, None)
+    liar, liar_address = liar_server.sock, liar_server.address
     stop = threading.Event()
 
     def lie() -> None:
         while not stop.is_set():
             if liar.poll(50):
-                peer, _kind, rid, _body = liar.recv_multipart()
-                liar.send_multipart([peer, wire.STATUS_OK, rid, b"\xc1not msgpack"])
+                peer, rid, *_request = liar.recv_multipart()
+                with contextlib.suppress(zmq.ZMQError):  # the client may have left already
+                    liar.send_multipart([peer, rid, b"\xc1not msgpack"])
 
     thread = threading.Thread(target=lie, daemon=True)
     thread.start()
@@ -199,6 +212,5 @@ def test_a_malformed_reply_is_retried_on_another_shard(samples_of):
     finally:
         stop.set()
         thread.join(5)
-        liar.close(0)
-        ctx.term()
+        liar_server.close()
         honest.stop()

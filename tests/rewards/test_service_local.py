@@ -13,9 +13,12 @@ from stgrl.reward_service.config import RewardConfig
 from stgrl.reward_service.metrics import ShardStats, percentile, prometheus_name
 from stgrl.reward_service.rewards import score_batch
 from stgrl.reward_service.server import ShardServer
-from stgrl.reward_service.transport import create_socket
+from stgrl.transport.config import TransportConfig
+from stgrl.transport.endpoints import ClientSocket, ServerSocket
+from stgrl.transport.wire import Reject, RewardRequest, RewardResult, TrajectoryGroup, encode
 
 CFG = RewardConfig(batch_size=8, deadline_s=0.3)
+TCFG = wire.socket_config(TransportConfig())
 
 
 @pytest.fixture
@@ -51,8 +54,8 @@ class BlackHole:
     """A real ROUTER socket that accepts requests and never answers (a hung shard)."""
 
     def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.sock, self.address = create_socket(self.ctx, zmq.ROUTER, bind_host="127.0.0.1")
+        self.server = ServerSocket(TCFG, None)
+        self.sock, self.address = self.server.sock, self.server.address
         self.received = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -63,12 +66,11 @@ class BlackHole:
             if self.sock.poll(20):
                 self.sock.recv_multipart()
                 self.received += 1
-        self.sock.close(0)
+        self.server.close()
 
     def close(self) -> None:
         self._stop.set()
         self._t.join()
-        self.ctx.term()
 
 
 @pytest.mark.timeout(60)
@@ -96,23 +98,49 @@ def test_only_hung_shards_raise_after_max_attempts(samples_of):
 
 @pytest.mark.timeout(60)
 def test_malformed_requests_get_error_replies_and_the_shard_keeps_serving(server, samples_of):
-    ctx = zmq.Context()
-    sock, _ = create_socket(ctx, zmq.DEALER, connect=server.address)
+    client = ClientSocket(server.address, TCFG, None)
+
+    def ask(rid: int, *message) -> RewardResult | Reject:
+        client.sock.send_multipart([wire.pack_id(rid), *message])
+        assert client.sock.poll(10_000), "the shard did not answer"
+        got, *reply = client.sock.recv_multipart()
+        assert wire.unpack_id(got) == rid
+        return wire.decode_reply(reply, TCFG)
+
     try:
-        sock.send_multipart([wire.KIND_SCORE, wire.pack_id(7), b"\x93garbage"])
-        status, rid, body = sock.recv_multipart()
-        assert status == wire.STATUS_ERROR and wire.unpack_id(rid) == 7
-        assert "bad request" in wire.error_decoder.decode(body).message
-        sock.send_multipart([b"\x09", wire.pack_id(8), b""])
-        status, rid, body = sock.recv_multipart()
-        assert status == wire.STATUS_ERROR and "unknown kind" in wire.error_decoder.decode(body).message
-        req = wire.ScoreRequest(step=0, total_steps=1, samples=samples_of(2))
-        sock.send_multipart([wire.KIND_SCORE, wire.pack_id(9), wire.encoder.encode(req)])
-        status, rid, body = sock.recv_multipart()
-        assert status == wire.STATUS_OK and len(wire.reply_decoder.decode(body).scores) == 2
+        bad = ask(7, b"\x93garbage")
+        assert isinstance(bad, Reject) and bad.reason.startswith("bad request: ")
+        other = encode(TrajectoryGroup("g", "p", 0, 0, 1, [], samples_of(1)[0], [1, 1]))
+        wrong_kind = ask(8, *other)  # a message of the shared schema this socket does not take
+        assert isinstance(wrong_kind, Reject) and "message kind not taken here" in wrong_kind.reason
+        ok = ask(9, *encode(RewardRequest(step=0, total_steps=1, samples=samples_of(2))))
+        assert isinstance(ok, RewardResult) and len(ok.scores) == 2
     finally:
-        sock.close(0)
-        ctx.term()
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_groups_carry_the_truth_once_and_score_like_one_sample_per_completion(server, samples_of):
+    """`score_groups`: one ScoringGroup per prompt (ground truth once) scores exactly as G
+    ScoringSamples with ids `group_id#i` would; a re-sent group is scored once."""
+    import msgspec
+
+    from stgrl.reward_service.types import ScoringGroup
+
+    truths = samples_of(6, seed=2)
+    groups = [ScoringGroup(id=f"3/{t.id}", truth=msgspec.structs.replace(t, completion=""),
+                           completions=[t.completion, t.completion + " extra", "<answer>A</answer>"])
+              for t in truths]
+    flat = [s for g in groups for s in g.samples()]
+    assert [s.id for s in flat[:3]] == [f"3/{truths[0].id}#{i}" for i in range(3)]
+    with RewardClient([server.address], CFG) as client:
+        got = client.score_groups(groups + groups[:1], step=2, total_steps=10)
+    want = score_batch(flat, 2, 10, CFG)
+    assert got == want + want[:3]
+    assert server.stats.samples == len(flat)  # the repeated group was not scored again
+    one = encode(RewardRequest(step=2, total_steps=10, groups=groups))[0]
+    many = encode(RewardRequest(step=2, total_steps=10, samples=flat))[0]
+    assert len(one) < len(many)  # the key items and answer travel once per group
 
 
 def test_prometheus_names_and_stats(samples_of):
@@ -136,7 +164,7 @@ def test_curve_shard_serves_only_clients_with_the_run_keys(samples_of):
     from stgrl.transport.security import CurveKeys, generate_keypair
 
     keys = CurveKeys(*generate_keypair())
-    srv = ShardServer(0, CFG, keys=keys)
+    srv = ShardServer(0, CFG, TransportConfig(curve="on"), keys=keys)  # CURVE even on loopback
     srv.start()
     samples = samples_of(10)
     try:
@@ -144,17 +172,32 @@ def test_curve_shard_serves_only_clients_with_the_run_keys(samples_of):
             assert client.score(samples, 0, 10) == score_batch(samples, 0, 10, CFG)
         for wrong in (None, CurveKeys(*generate_keypair())):  # plaintext client; another run's keys
             with RewardClient([srv.address], CFG, keys=wrong, max_attempts=1) as client, \
-                    pytest.raises(RewardServiceError):
+                    pytest.raises(RewardServiceError, match="missed its deadline") as err:
                 client.score(samples, 0, 10)
+            if wrong is not None:  # the shared handshake watch names the refusal
+                assert "refused the handshake" in str(err.value), str(err.value)
         assert srv.stats.samples == 10  # only the authenticated client's request was ever scored
     finally:
         srv.stop()
 
 
 def test_binding_off_loopback_needs_keys():
-    srv = ShardServer(0, CFG, host="0.0.0.0")
-    with pytest.raises(RuntimeError, match="only with CURVE keys"):
+    srv = ShardServer(0, CFG, TransportConfig(bind_host="0.0.0.0"))
+    with pytest.raises(RuntimeError, match="failed to bind: CURVE is required for bind host '0.0.0.0'"):
         srv.start()
+
+
+def test_the_reward_socket_shares_the_runs_transport_options_with_its_own_bounds():
+    run = TransportConfig(bind_host="0.0.0.0", curve="on", heartbeat_s=0.5, max_frame_mib=1024, high_water_mark=64)
+    got = wire.socket_config(run)
+    assert (got.bind_host, got.curve, got.heartbeat_s) == ("0.0.0.0", "on", 0.5)
+    assert got.max_frame_mib == wire.MAX_MESSAGE_MIB and got.high_water_mark == wire.QUEUED_PER_CONNECTION
+    # the client's sockets are the shared endpoints: heartbeats and the size guard come with them
+    with RewardClient(["tcp://127.0.0.1:9"], CFG, transport=run) as client:
+        sock = client._links[0].sock
+        assert (sock.heartbeat_ivl, sock.heartbeat_timeout) == (500, 1500)
+        assert sock.maxmsgsize == 2 * (wire.MAX_MESSAGE_MIB << 20) + (1 << 20)
+        assert sock.sndhwm == wire.QUEUED_PER_CONNECTION
 
 
 class SlowShard:
@@ -162,8 +205,8 @@ class SlowShard:
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
-        self.ctx = zmq.Context()
-        self.sock, self.address = create_socket(self.ctx, zmq.ROUTER, bind_host="127.0.0.1")
+        self.server = ServerSocket(TCFG, None)
+        self.sock, self.address = self.server.sock, self.server.address
         self.answered = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -173,19 +216,21 @@ class SlowShard:
         while not self._stop.is_set():
             if not self.sock.poll(20):
                 continue
-            ident, _, rid, body = self.sock.recv_multipart()
-            req = wire.request_decoder.decode(body)
+            ident, rid, *message = self.sock.recv_multipart()
+            req = wire.decode_request(message, TCFG)
             self._stop.wait(self.delay_s)
             scores = score_batch(req.samples, req.step, req.total_steps, CFG)
-            reply = wire.ScoreReply(shard=9, scores=scores, handle_s=self.delay_s)
-            self.sock.send_multipart([ident, wire.STATUS_OK, rid, wire.encoder.encode(reply)])
+            reply = RewardResult(shard=9, scores=scores, handle_s=self.delay_s)
+            try:
+                self.sock.send_multipart([ident, *wire.frames(rid, reply)])
+            except zmq.ZMQError:  # the client already left (ROUTER_MANDATORY says so)
+                continue
             self.answered += 1
-        self.sock.close(0)
+        self.server.close()
 
     def close(self) -> None:
         self._stop.set()
         self._t.join()
-        self.ctx.term()
 
 
 @pytest.mark.timeout(60)

@@ -20,6 +20,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stgrl.transport.endpoints import TransportTimeout
 from stgrl.transport.tensor_frames import TensorMeta
 from stgrl.transport.trajectory_channel import TrajectoryReceiver, TrajectorySender
 from stgrl.transport.weight_channel import (
@@ -302,3 +303,79 @@ def test_the_driver_holds_only_groups_of_prompts_it_dispatched(tx, tmp_path):
         for sender in senders:
             sender.close()
         pool.receiver.close()
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_the_receiver_holds_a_bounded_total_across_connections_and_loses_nothing(tx):
+    """#12: libzmq bounds what it queues per connection only: 9 x 150 MB over 3 connections took a
+    receiver whose consumer was busy from 716 MB to 2 GB. Now a reading thread drains those queues into
+    one inbox of at most `transport.receive_budget_mib`; what finds it full is dropped unanswered and
+    re-sent by its sender, so once the consumer reads, every group arrives, once."""
+    mib = 8
+    cfg = tx.small_cfg(curve="off", max_frame_mib=mib, receive_budget_mib=2 * mib, resend_after_s=0.3,
+                       timeout_s=30.0)
+    rx = TrajectoryReceiver(cfg, None, auto_commit=True)
+    senders = [TrajectorySender(rx.address, cfg) for _ in range(3)]
+    try:
+        payloads = {i: {"pixel_values": torch.full((mib << 20,), i, dtype=torch.uint8)} for i in range(9)}
+        before = _rss()
+        for i, payload in payloads.items():
+            senders[i % 3].send(tx.make_group(i), payload)  # 72 MiB towards a consumer not reading
+        deadline = time.monotonic() + 20
+        while rx.stats.dropped_over_budget < 3 and time.monotonic() < deadline:
+            for s in senders:
+                s.poll(0.1)
+        assert rx.stats.dropped_over_budget >= 3
+        assert rx.held_bytes <= cfg.receive_budget_bytes
+        # the senders' 72 MiB is shared with their frames (zero-copy); the receiver's copies are the
+        # growth: two messages held plus at most one being read per connection, far below 72 MiB
+        assert _rss() - before < 64 << 20, (_rss() - before) >> 20
+
+        got: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while len(got) < 9 and time.monotonic() < deadline:
+            for s in senders:
+                s.poll(0)
+            try:
+                group, tensors = rx.recv(0.2)
+            except TransportTimeout:
+                continue
+            got[group.group_id] = int(tensors["pixel_values"][0])
+        assert got == {tx.make_group(i).group_id: i for i in range(9)}
+        for s in senders:
+            s.flush(10)
+        assert rx.held_bytes == 0
+    finally:
+        for s in senders:
+            s.close()
+        rx.close()
+
+
+def test_a_message_larger_than_the_whole_receive_budget_is_rejected_in_our_words(tx):
+    cfg = tx.small_cfg(curve="off", max_frame_mib=4, receive_budget_mib=4)
+    rx = TrajectoryReceiver(cfg, None, auto_commit=True)
+    sender = TrajectorySender(rx.address, cfg)
+    try:
+        big = {f"t{i}": torch.zeros(2 << 20, dtype=torch.uint8) for i in range(3)}  # 6 MiB in 3 frames
+        sender.send(tx.make_group(1), big)
+        deadline = time.monotonic() + 10
+        while not sender.rejected and time.monotonic() < deadline:
+            sender.poll(0.1)
+        assert sender.rejected and "transport.receive_budget_mib = 4" in sender.rejected[0][1]
+        sender.send(tx.make_group(2), tx.make_tensors(2))  # and it keeps serving
+        got, _ = rx.recv(5)
+        assert got.group_id == tx.make_group(2).group_id
+    finally:
+        sender.close()
+        rx.close()
+
+
+def test_the_receive_budget_must_hold_one_largest_frame():
+    from stgrl.transport.config import TransportConfig
+
+    with pytest.raises(ValueError, match="receive_budget_mib .* must be at least max_frame_mib"):
+        TransportConfig(max_frame_mib=64, weight_bucket_mib=16, receive_budget_mib=32)

@@ -428,7 +428,10 @@ def test_each_side_holds_at_most_one_extra_copy(ray_cluster, tx):
                 self.pub.close()
 
     for shm in (False, True):
-        cfg = tx.small_cfg(curve="off", weight_bucket_mib=16, max_frame_mib=16, weight_shm=shm, timeout_s=20.0)
+        # one stream: in flight are then `weight_window` (2) buckets; with 4 streams up to 8 x 16 MiB
+        # may be in flight at once, depending on how fast the puller copies (flaky under load)
+        cfg = tx.small_cfg(curve="off", weight_bucket_mib=16, max_frame_mib=16, weight_shm=shm, timeout_s=20.0,
+                           weight_streams=1)
         learner, worker = Side.remote(cfg), Side.remote(cfg)
         address = ray.get(learner.serve.remote(), timeout=60)
         one = mib << 20

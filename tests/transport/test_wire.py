@@ -50,8 +50,10 @@ def _all_messages(tx) -> list[tuple[msgspec.Struct, dict[str, torch.Tensor]]]:
     return [
         (group, tx.make_tensors(1)),
         (scored, {}),
-        (wire.RewardRequest("r1", 3, 100, [msgspec.structs.replace(group.sample, completion="<think/>")]), {}),
-        (wire.RewardResult("r1", [score]), {}),
+        (wire.RewardRequest(3, 100, [msgspec.structs.replace(group.sample, completion="<think/>")]), {}),
+        (wire.RewardRequest(3, 100, groups=[wire.ScoringGroup(id="3/p1", truth=group.sample,
+                                                              completions=["<think/>", "<answer>A</answer>"])]), {}),
+        (wire.RewardResult(0, [score], 0.01), {}),
         (wire.ManifestRequest(), {}),
         (wire.ManifestRequest(7), {}),
         (wire.NoVersion("nothing yet", None), {}),
@@ -61,7 +63,6 @@ def _all_messages(tx) -> list[tuple[msgspec.Struct, dict[str, torch.Tensor]]]:
         (wire.VersionReport("w0", 7), {}),
         (wire.Ack(["a", "b"]), {}),
         (wire.Reject("bad", ["a"]), {}),
-        (wire.Control("set_step", 5, {"reason": "resume"}), {}),
     ]
 
 
