@@ -219,9 +219,12 @@ def owner_queries() -> dict[str, str]:
 # --------------------------------------------------------------------------- the run
 
 
-def _wait(pred, what: str, record: RunRecord, submitter, timeout: float) -> None:
+def _wait(pred, what: str, record: RunRecord, submitter, timeout: float, each_poll=None) -> None:
+    """Poll ``pred`` every second until true; ``each_poll`` runs on each poll while the job runs."""
     deadline = time.monotonic() + timeout
     while not pred():
+        if each_poll is not None and submitter.poll() is None:
+            each_poll()
         if submitter.poll() is not None:
             raise AssertionError(f"the job ended while waiting for {what}; events {record.events}\n"
                                  f"{record.data.joinpath('submitter.log').read_text()[-4000:]}")
@@ -282,8 +285,17 @@ def train_run(pod_cluster) -> RunRecord:
             if prom:
                 prom.update_targets()
             at = steps()
-            _wait(lambda: steps() >= at + 2, "two steps on the replacement reward pod", record, submitter, 400)
-            record.learner_pids.append(_learner_pids(box, learner_pod))
+            # The ranks are sampled while the job runs (the last step may end it, and its ranks with it,
+            # before a sample taken afterwards): the last set seen must be the one of the first step.
+            seen: list[set[int]] = []
+
+            def sample_ranks() -> None:
+                if pids := _learner_pids(box, learner_pod):
+                    seen[:] = [pids]
+
+            _wait(lambda: steps() >= at + 2, "two steps on the replacement reward pod", record, submitter, 400,
+                  each_poll=sample_ranks)
+            record.learner_pids.append(seen[0] if seen else set())
 
             if prom:
                 record.panel_queries = panel_queries(

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from stgrl.learner.inbox import InboxTimeout, TrajectoryInbox
+from stgrl.transport.endpoints import PeerRefused
 from stgrl.transport.trajectory_channel import TrajectorySender
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,7 +83,11 @@ def test_curve_inbox_refuses_a_sender_without_the_key(tx):
     stranger = TrajectorySender(inbox.address, cfg)  # no CURVE: the handshake never completes
     member = TrajectorySender(inbox.address, cfg, keys, server_public=keys.public)
     try:
-        stranger.send(tx.make_group(1, step=0), tx.make_tensors(1))
+        with pytest.raises(PeerRefused):  # the stranger is told, sooner or later
+            stranger.send(tx.make_group(1, step=0), tx.make_tensors(1))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                stranger.poll(0.1)
         member.send(tx.make_group(2, step=0), tx.make_tensors(2))
         member.flush()
         with pytest.raises(InboxTimeout, match=r"\['0/p1'\]"):
