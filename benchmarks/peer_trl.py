@@ -2,7 +2,7 @@
 ``GRPOTrainer`` in GSPO mode (``importance_sampling_level="sequence"``) on the same job, in one run.
 
     make bench-trl                                   # = the line below, after `make setup trl-venv`
-    .venv/bin/python benchmarks/peer_trl.py --trl-python .venv-trl/bin/python [--wall-s 150] [--json out.json]
+    .venv/bin/python benchmarks/peer_trl.py --trl-python .venv-trl/bin/python [--wall-s 120] [--json out.json]
     .venv/bin/python benchmarks/peer_trl.py --smoke  # a few steps of each, to see that it all runs
 
 The same job for every system:
@@ -86,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     ap.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads of the TRL process, one TRL run each (default: 1 2)")
-    ap.add_argument("--wall-s", type=float, default=150.0, help="training wall time per system (default 150)")
+    ap.add_argument("--wall-s", type=float, default=120.0, help="training wall time per system (default 120)")
     ap.add_argument("--total-steps", type=int, default=None,
                     help="run.total_steps: step cap and length of the lr/σ schedules (default: the config's)")
-    ap.add_argument("--checkpoint-every", type=int, default=12, help="export an HF checkpoint every N steps")
+    ap.add_argument("--checkpoint-every", type=int, default=2,
+                    help="export an HF checkpoint every N steps (cheap: 4.7 MB); the equal-steps point is the "
+                         "last multiple of N all systems reached")
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of steps/s (pipeline fill, first calls)")
-    ap.add_argument("--eval-samples", type=int, default=32, help="held-out records per evaluation")
+    ap.add_argument("--eval-samples", type=int, default=24, help="held-out records per evaluation")
     ap.add_argument("--eval-sampled", type=int, default=4, help="draws per record at the rollout temperature")
     ap.add_argument("--eval-parallel", type=int, default=2, help="evaluations at once (each one thread)")
     ap.add_argument("--target", type=float, default=None,
@@ -544,18 +546,34 @@ def time_to(points: list[tuple[float, float]], target: float) -> float | None:
     return next((t for t, r in sorted(points) if r >= target), None)
 
 
+def equal_steps(runs: dict[str, dict[str, Any]]) -> int:
+    """The last checkpoint step (a multiple of each run's export period) that every system reached."""
+    return min(max((c["steps"] for c in r["checkpoints"] if c["steps"] % r.get("every", 1) == 0), default=0)
+               for r in runs.values())
+
+
+def to_evaluate(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The checkpoints worth a held-out evaluation: each system's at the equal-steps point and its last
+    (equal wall time); exports in between only make sure the equal-steps point exists."""
+    n = equal_steps(runs)
+    picked = []
+    for r in runs.values():
+        picked += [c["path"] for c in r["checkpoints"] if c["steps"] == n and c is not r["checkpoints"][-1]]
+        picked += [r["checkpoints"][-1]["path"]] if r["checkpoints"] else []
+    return picked
+
+
 def summarize(runs: dict[str, dict[str, Any]], evals: dict[str, dict[str, float]], start_reward: float,
               warmup: int, target: float | None) -> dict[str, Any]:
     """Per system: steps/s, memory, generate time, and held-out rewards at equal steps / equal wall
-    time; `evals` maps checkpoint path -> metrics (key 'start' for the shared SFT start)."""
+    time; `evals` maps checkpoint path -> metrics (the checkpoints of `to_evaluate`)."""
     key = "eval_sampled/reward_total"
-    equal_steps = min(max((c["steps"] for c in r["checkpoints"] if c["steps"] % r.get("every", 1) == 0),
-                          default=0) for r in runs.values())
+    n_equal = equal_steps(runs)
     rows: dict[str, dict[str, Any]] = {}
     for name, r in runs.items():
         ckpts = r["checkpoints"]
-        points = [(0.0, start_reward)] + [(c["wall_s"], evals[c["path"]][key]) for c in ckpts]
-        at_steps = next((evals[c["path"]][key] for c in ckpts if c["steps"] == equal_steps), float("nan"))
+        points = [(0.0, start_reward)] + [(c["wall_s"], evals[c["path"]][key]) for c in ckpts if c["path"] in evals]
+        at_steps = next((evals[c["path"]][key] for c in ckpts if c["steps"] == n_equal), float("nan"))
         timed = r["steps"][warmup:]
         rows[name] = {
             "steps": len(r["steps"]), "steps_per_s": steady_rate(r["steps"], warmup),
@@ -571,7 +589,7 @@ def summarize(runs: dict[str, dict[str, Any]], evals: dict[str, dict[str, float]
         target = min(row["reward_equal_wall"] for row in rows.values())
     for row in rows.values():
         row["time_to_target_s"] = time_to(row["curve"], target)
-    return {"equal_steps": equal_steps, "target": target, "start_reward": start_reward, "systems": rows}
+    return {"equal_steps": n_equal, "target": target, "start_reward": start_reward, "systems": rows}
 
 
 def markdown_table(summary: dict[str, Any], baseline: str) -> str:
@@ -638,7 +656,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 log.info("%s: %d steps, %.1f GB peak RSS", name, len(runs[name]["steps"]),
                          runs[name]["peak_rss_bytes"] / 1e9)
         t_evals = time.perf_counter()
-        jobs = [("start", model)] + [(c["path"], Path(c["path"])) for r in runs.values() for c in r["checkpoints"]]
+        jobs = [("start", model)] + [(path, Path(path)) for path in to_evaluate(runs)]
         log.info("held-out evaluation of %d checkpoints, %d at a time", len(jobs), args.eval_parallel)
 
         def evaluate(job: tuple[str, Path]) -> tuple[str, dict[str, float]]:
@@ -654,6 +672,10 @@ def orchestrate(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp_home, ignore_errors=True)
     eval_s = time.perf_counter() - t_evals
+    for r in runs.values():  # keep the evaluated checkpoints only
+        for c in r["checkpoints"]:
+            if c["path"] not in evals:
+                shutil.rmtree(c["path"], ignore_errors=True)
     summary = summarize(runs, evals, evals["start"]["eval_sampled/reward_total"], args.warmup, args.target)
     baseline = next((n for n in runs if n.startswith("trl")), next(iter(runs)))
     table = markdown_table(summary, baseline)

@@ -32,7 +32,7 @@ def _args(*argv: str):
 def test_defaults_and_smoke_are_valid_without_the_trl_venv():
     args = _args("--systems", "sync", "async")
     bench.validate(args)
-    assert (args.wall_s, args.trl_threads, args.eval_sampled) == (150.0, [1, 2], 4)
+    assert (args.wall_s, args.trl_threads, args.eval_sampled) == (120.0, [1, 2], 4)
     smoke = _args("--smoke", "--systems", "sync")
     bench.validate(smoke)
     assert smoke.wall_s < args.wall_s and smoke.eval_samples < args.eval_samples and smoke.trl_threads == [1]
@@ -86,21 +86,23 @@ def test_steady_rate_leaves_out_the_warm_up_and_time_to_finds_the_first_point():
 
 
 def test_summary_picks_equal_steps_equal_wall_and_a_target_every_system_reached():
-    def run(n_ckpt_steps, final_wall):
-        ckpts = [{"steps": s, "wall_s": 10.0 * s, "path": f"{final_wall}/{s}"} for s in n_ckpt_steps]
-        ckpts[-1]["wall_s"] = final_wall
+    def run(name, n_ckpt_steps):
+        ckpts = [{"steps": s, "wall_s": 10.0 * s, "path": f"{name}/{s}"} for s in n_ckpt_steps]
+        ckpts[-1]["wall_s"] = 100.0
         return {"steps": [{"step": i, "end_s": 10.0 * (i + 1)} for i in range(n_ckpt_steps[-1])],
                 "checkpoints": ckpts, "startup_s": 1.0, "peak_rss_bytes": 2e9, "peak_pss_bytes": 1e9,
                 "peak_processes": 3, "every": 4}
 
-    runs = {"fast": run([4, 8, 10], 100.0), "slow": run([4, 6], 100.0)}
-    rewards = {"100.0/4": 1.1, "100.0/8": 1.3, "100.0/10": 1.4, "100.0/6": 1.2}
+    runs = {"fast": run("fast", [4, 8, 10]), "slow": run("slow", [4, 6])}
+    rewards = {"fast/4": 1.1, "fast/8": 1.3, "fast/10": 1.4, "slow/4": 1.1, "slow/6": 1.2}
     evals = {k: {"eval_sampled/reward_total": v, "eval/reward_total": v} for k, v in rewards.items()}
+    assert bench.to_evaluate(runs) == ["fast/4", "fast/10", "slow/4", "slow/6"]  # equal steps + each last one
+    del evals["fast/8"]
     summary = bench.summarize(runs, evals, start_reward=1.0, warmup=1, target=None)
     assert summary["equal_steps"] == 4  # the last multiple of --checkpoint-every both reached
     fast, slow = summary["systems"]["fast"], summary["systems"]["slow"]
     assert (fast["reward_equal_steps"], slow["reward_equal_steps"]) == (1.1, 1.1)
     assert (fast["reward_equal_wall"], slow["reward_equal_wall"]) == (1.4, 1.2)
     assert summary["target"] == 1.2  # the lowest final: every system reaches it
-    assert (fast["time_to_target_s"], slow["time_to_target_s"]) == (80.0, 100.0)
+    assert (fast["time_to_target_s"], slow["time_to_target_s"]) == (100.0, 100.0)
     assert "| fast | 10 |" in bench.markdown_table(summary, "slow")
