@@ -93,11 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="export an HF checkpoint every N steps (cheap: 4.7 MB); the equal-steps point is the "
                          "last multiple of N all systems reached")
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of steps/s (pipeline fill, first calls)")
-    ap.add_argument("--eval-samples", type=int, default=24, help="held-out records per evaluation")
+    ap.add_argument("--eval-samples", type=int, default=32, help="held-out records per evaluation")
     ap.add_argument("--eval-sampled", type=int, default=4, help="draws per record at the rollout temperature")
     ap.add_argument("--eval-parallel", type=int, default=2, help="evaluations at once (each one thread)")
     ap.add_argument("--target", type=float, default=None,
-                    help="held-out sampled reward for 'wall time to reward' (default: lowest final of the systems)")
+                    help="held-out sampled reward for 'wall time to reward' (default: halfway from the start to "
+                         "the best final reward of the systems)")
+    ap.add_argument("--curve-every", type=int, default=8,
+                    help="also evaluate every N steps' checkpoint (the reward-over-wall-time curve)")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="only re-print the summary of a saved run (its --json file), e.g. with another --target")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every system (repeatable)")
     ap.add_argument("--smoke", action="store_true",
@@ -135,6 +140,9 @@ def validate(args: argparse.Namespace) -> None:
     if args.eval_samples < 1 or args.eval_sampled < 1:
         raise BenchError(f"--eval-samples and --eval-sampled must be >= 1, got {args.eval_samples} and "
                          f"{args.eval_sampled} (the held-out reward compared is the sampled one)")
+    if args.curve_every < 1 or args.curve_every % args.checkpoint_every:
+        raise BenchError(f"--curve-every must be a multiple of --checkpoint-every {args.checkpoint_every} (only "
+                         f"those steps are exported), got {args.curve_every}")
     if args.eval_parallel < 1:
         raise BenchError(f"--eval-parallel must be >= 1, got {args.eval_parallel}")
     if any(t < 1 for t in args.trl_threads):
@@ -213,14 +221,18 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 # ---------------------------------------------------------------------------------------------- measuring
 class TreeMemory:
-    """Peak RSS and PSS summed over a process and all its descendants, sampled in a thread. RSS counts
-    a shared library page once per process that maps it; PSS splits it among them (the fairer sum
-    for many processes that all map libtorch)."""
+    """Peak RSS and PSS summed over a process and all its descendants, and their CPU time, sampled in a
+    thread. RSS counts a shared library page once per process that maps it; PSS splits it among them
+    (the fairer sum for many processes that all map libtorch). CPU time (user + system, summed over
+    every process seen) is the work done, which other load on the machine changes far less than the
+    wall time: `cpu_series` holds (unix time, CPU seconds so far) per sample."""
 
     def __init__(self, pid: int, interval_s: float = 0.5) -> None:
         self.pid, self.interval_s = pid, interval_s
         self.peak_rss = self.peak_pss = 0
         self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
+        self.cpu_series: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -244,10 +256,13 @@ class TreeMemory:
         for p in procs:
             try:
                 mem = p.memory_full_info()
+                cpu = p.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             rss += mem.rss
             pss += getattr(mem, "pss", mem.rss)
+            self._cpu[p.pid] = cpu.user + cpu.system
+        self.cpu_series.append((time.time(), sum(self._cpu.values())))
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(procs))
 
@@ -273,7 +288,7 @@ def run_worker(python: Path, command: str, spec: Path, out: Path, extra: list[st
         raise RuntimeError(f"{command} {' '.join(extra)} failed (exit {rc}); log {log_path}:\n{tail}")
     result = json.loads((out / "result.json").read_text())
     result.update(peak_rss_bytes=mem.peak_rss, peak_pss_bytes=mem.peak_pss, peak_processes=mem.peak_processes,
-                  process_wall_s=time.perf_counter() - t0)
+                  process_wall_s=time.perf_counter() - t0, cpu_series=mem.cpu_series)
     return result
 
 
@@ -295,7 +310,7 @@ class WallClock:
         """Record step `step` (0-based) ending now; export a checkpoint (``export(path)``) when due.
         Returns True when the wall budget is spent (the caller stops training)."""
         t = self.elapsed()
-        self.steps.append({"step": step, "end_s": t, **extra})
+        self.steps.append({"step": step, "end_s": t, "end_unix_s": time.time(), **extra})
         stop = t >= self.wall_s or step + 1 >= self.total
         if (step + 1) % self.every == 0 or stop:
             path = self.out / "checkpoints" / f"step-{step + 1}"
@@ -541,6 +556,31 @@ def steady_rate(steps: list[dict[str, float]], warmup: int) -> float:
     return (len(steps) - warmup) / max(1e-9, steps[-1]["end_s"] - t_first)
 
 
+def median_rate(steps: list[dict[str, float]], warmup: int) -> float:
+    """1 / the median step time after the warm-up: what a step costs when the machine's other load
+    leaves it alone (spikes from other jobs move the mean, not the median)."""
+    ends = [s["end_s"] for s in steps[max(0, warmup - 1):]]
+    gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+    return 1.0 / gaps[len(gaps) // 2] if gaps else float("nan")
+
+
+def cpu_per_step(run: dict[str, Any], warmup: int) -> float:
+    """CPU seconds (all processes of the system) per step over the steps after the warm-up, from the
+    sampled CPU series interpolated at the first and last timed step ends."""
+    series, steps = run.get("cpu_series") or [], run["steps"]
+    if len(steps) <= warmup + 1 or len(series) < 2 or "end_unix_s" not in steps[-1]:
+        return float("nan")
+
+    def at(t: float) -> float:
+        for (t0, c0), (t1, c1) in zip(series, series[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / max(1e-9, t1 - t0)
+        return series[-1][1] if t > series[-1][0] else series[0][1]
+
+    first = steps[warmup - 1]["end_unix_s"] if warmup > 0 else steps[0]["end_unix_s"]
+    return (at(steps[-1]["end_unix_s"]) - at(first)) / (len(steps) - max(1, warmup))
+
+
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
     """Wall time of the first (time, reward) point at or above `target`; None if never."""
     return next((t for t, r in sorted(points) if r >= target), None)
@@ -552,14 +592,16 @@ def equal_steps(runs: dict[str, dict[str, Any]]) -> int:
                for r in runs.values())
 
 
-def to_evaluate(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """The checkpoints worth a held-out evaluation: each system's at the equal-steps point and its last
-    (equal wall time); exports in between only make sure the equal-steps point exists."""
+def to_evaluate(runs: dict[str, dict[str, Any]], curve_every: int) -> list[str]:
+    """The checkpoints worth a held-out evaluation: each system's every `curve_every` steps (the reward
+    curve over wall time), at the equal-steps point and its last (equal wall time); the other exports
+    only make sure the equal-steps point exists."""
     n = equal_steps(runs)
     picked = []
     for r in runs.values():
-        picked += [c["path"] for c in r["checkpoints"] if c["steps"] == n and c is not r["checkpoints"][-1]]
-        picked += [r["checkpoints"][-1]["path"]] if r["checkpoints"] else []
+        last = r["checkpoints"][-1] if r["checkpoints"] else None
+        picked += [c["path"] for c in r["checkpoints"]
+                   if c is last or c["steps"] == n or c["steps"] % curve_every == 0]
     return picked
 
 
@@ -577,6 +619,7 @@ def summarize(runs: dict[str, dict[str, Any]], evals: dict[str, dict[str, float]
         timed = r["steps"][warmup:]
         rows[name] = {
             "steps": len(r["steps"]), "steps_per_s": steady_rate(r["steps"], warmup),
+            "steps_per_s_median": median_rate(r["steps"], warmup), "cpu_s_per_step": cpu_per_step(r, warmup),
             "wall_s": r["steps"][-1]["end_s"] if r["steps"] else float("nan"), "startup_s": r["startup_s"],
             "generate_s_per_step": sum(s.get("generate_s", 0.0) for s in timed) / max(1, len(timed)),
             "peak_rss_gb": r["peak_rss_bytes"] / 1e9, "peak_pss_gb": r["peak_pss_bytes"] / 1e9,
@@ -585,8 +628,8 @@ def summarize(runs: dict[str, dict[str, Any]], evals: dict[str, dict[str, float]
             "greedy_equal_wall": evals[ckpts[-1]["path"]]["eval/reward_total"] if ckpts else float("nan"),
             "curve": points,
         }
-    if target is None:
-        target = min(row["reward_equal_wall"] for row in rows.values())
+    if target is None:  # halfway from the shared start to the best final reward
+        target = start_reward + 0.5 * max(0.0, max(row["reward_equal_wall"] for row in rows.values()) - start_reward)
     for row in rows.values():
         row["time_to_target_s"] = time_to(row["curve"], target)
     return {"equal_steps": n_equal, "target": target, "start_reward": start_reward, "systems": rows}
@@ -595,14 +638,17 @@ def summarize(runs: dict[str, dict[str, Any]], evals: dict[str, dict[str, float]
 def markdown_table(summary: dict[str, Any], baseline: str) -> str:
     """The docs table: one row per system, ratios against `baseline` (a TRL run)."""
     base = summary["systems"][baseline]
-    lines = ["| system | steps | steady steps/s | vs " + baseline + " | generate s/step | peak RSS GB | peak PSS GB "
+    lines = [f"| system | steps in the budget | steady steps/s | vs {baseline} | median-step steps/s | vs {baseline} "
+             "| CPU s/step | generate s/step | peak RSS GB | peak PSS GB "
              f"| held-out @ {summary['equal_steps']} steps | held-out @ equal wall | greedy @ equal wall "
              f"| s to {summary['target']:.3f} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["systems"].items():
         ttt = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
         lines.append(f"| {name} | {r['steps']} | {r['steps_per_s']:.3f} | {r['steps_per_s'] / base['steps_per_s']:.2f}× "
-                     f"| {r['generate_s_per_step']:.2f} | {r['peak_rss_gb']:.2f} | {r['peak_pss_gb']:.2f} "
+                     f"| {r['steps_per_s_median']:.3f} | {r['steps_per_s_median'] / base['steps_per_s_median']:.2f}× "
+                     f"| {r['cpu_s_per_step']:.2f} | {r['generate_s_per_step']:.2f} "
+                     f"| {r['peak_rss_gb']:.2f} | {r['peak_pss_gb']:.2f} "
                      f"| {r['reward_equal_steps']:.3f} | {r['reward_equal_wall']:.3f} | {r['greedy_equal_wall']:.3f} "
                      f"| {ttt} |")
     lines.append(f"\nshared start (SFT checkpoint): held-out sampled reward {summary['start_reward']:.3f}")
@@ -621,12 +667,27 @@ def main(argv: list[str] | None = None) -> int:
         return worker_trl(args)
     if args.command == "worker-eval":
         return worker_eval(args)
+    if args.from_json is not None:
+        return reprint(args)
     apply_smoke(args)
     try:
         validate(args)
     except BenchError as e:
         ap.error(str(e))
     return orchestrate(args)
+
+
+def reprint(args: argparse.Namespace) -> int:
+    """The summary of a saved run, recomputed (no training, no evaluation)."""
+    from rich.console import Console
+
+    saved = json.loads(args.from_json.read_text())
+    runs, evals = saved["runs"], saved["evals"]
+    summary = summarize(runs, evals, evals["start"]["eval_sampled/reward_total"], args.warmup, args.target)
+    baseline = next((n for n in runs if n.startswith("trl")), next(iter(runs)))
+    Console(width=220).print(f"{markdown_table(summary, baseline)}\n{saved['settings']}\n{saved['machine']}",
+                             markup=False, highlight=False)
+    return 0
 
 
 def orchestrate(args: argparse.Namespace) -> int:
@@ -656,7 +717,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 log.info("%s: %d steps, %.1f GB peak RSS", name, len(runs[name]["steps"]),
                          runs[name]["peak_rss_bytes"] / 1e9)
         t_evals = time.perf_counter()
-        jobs = [("start", model)] + [(path, Path(path)) for path in to_evaluate(runs)]
+        jobs = [("start", model)] + [(path, Path(path)) for path in to_evaluate(runs, args.curve_every)]
         log.info("held-out evaluation of %d checkpoints, %d at a time", len(jobs), args.eval_parallel)
 
         def evaluate(job: tuple[str, Path]) -> tuple[str, dict[str, float]]:

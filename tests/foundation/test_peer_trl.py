@@ -44,6 +44,7 @@ def test_defaults_and_smoke_are_valid_without_the_trl_venv():
     (["--total-steps", "3", "--warmup", "2"], "--total-steps must leave at least 2 timed steps"),
     (["--eval-sampled", "0"], "the held-out reward compared is the sampled one"),
     (["--trl-threads", "0"], "--trl-threads must all be >= 1"),
+    (["--checkpoint-every", "4", "--curve-every", "6"], "--curve-every must be a multiple of --checkpoint-every 4"),
     (["--set", "rollout.engine=vllm"], "rollout.engine must be 'hf'"),
     (["--set", "learner.num_minibatches=2"], "num_minibatches=2"),
 ])
@@ -83,6 +84,15 @@ def test_steady_rate_leaves_out_the_warm_up_and_time_to_finds_the_first_point():
     assert math.isnan(bench.steady_rate(steps[:2], warmup=2))
     assert bench.time_to([(0.0, 1.0), (30.0, 1.2), (60.0, 1.1)], 1.15) == 30.0
     assert bench.time_to([(0.0, 1.0)], 1.5) is None
+    spiky = [{"step": i, "end_s": t} for i, t in enumerate([1.0, 2.0, 3.0, 4.0, 14.0, 15.0])]
+    assert bench.median_rate(spiky, warmup=1) == pytest.approx(1.0)  # one 10 s spike from other load
+
+
+def test_cpu_per_step_reads_the_sampled_series_over_the_timed_steps():
+    run = {"steps": [{"step": i, "end_s": t, "end_unix_s": 100.0 + t} for i, t in enumerate([2.0, 4.0, 6.0, 8.0])],
+           "cpu_series": [(100.0, 0.0), (110.0, 30.0)]}  # 3 CPU s per wall second
+    assert bench.cpu_per_step(run, warmup=1) == pytest.approx(3.0 * 6.0 / 3)
+    assert math.isnan(bench.cpu_per_step({**run, "cpu_series": []}, warmup=1))
 
 
 def test_summary_picks_equal_steps_equal_wall_and_a_target_every_system_reached():
@@ -96,13 +106,16 @@ def test_summary_picks_equal_steps_equal_wall_and_a_target_every_system_reached(
     runs = {"fast": run("fast", [4, 8, 10]), "slow": run("slow", [4, 6])}
     rewards = {"fast/4": 1.1, "fast/8": 1.3, "fast/10": 1.4, "slow/4": 1.1, "slow/6": 1.2}
     evals = {k: {"eval_sampled/reward_total": v, "eval/reward_total": v} for k, v in rewards.items()}
-    assert bench.to_evaluate(runs) == ["fast/4", "fast/10", "slow/4", "slow/6"]  # equal steps + each last one
+    assert bench.to_evaluate(runs, curve_every=100) == ["fast/4", "fast/10", "slow/4", "slow/6"]  # equal steps + last
+    assert bench.to_evaluate(runs, curve_every=8) == ["fast/4", "fast/8", "fast/10", "slow/4", "slow/6"]
     del evals["fast/8"]
     summary = bench.summarize(runs, evals, start_reward=1.0, warmup=1, target=None)
     assert summary["equal_steps"] == 4  # the last multiple of --checkpoint-every both reached
     fast, slow = summary["systems"]["fast"], summary["systems"]["slow"]
     assert (fast["reward_equal_steps"], slow["reward_equal_steps"]) == (1.1, 1.1)
     assert (fast["reward_equal_wall"], slow["reward_equal_wall"]) == (1.4, 1.2)
-    assert summary["target"] == 1.2  # the lowest final: every system reaches it
+    assert summary["target"] == pytest.approx(1.2)  # halfway from the start (1.0) to the best final (1.4)
     assert (fast["time_to_target_s"], slow["time_to_target_s"]) == (100.0, 100.0)
+    higher = bench.summarize(runs, evals, start_reward=1.0, warmup=1, target=1.3)
+    assert (higher["systems"]["fast"]["time_to_target_s"], higher["systems"]["slow"]["time_to_target_s"]) == (100.0, None)
     assert "| fast | 10 |" in bench.markdown_table(summary, "slow")
