@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     ap.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads of the TRL process, one TRL run each (default: 1 2)")
+    ap.add_argument("--trl-nice", type=int, default=15,
+                    help="niceness of the TRL process: Ray starts every actor at 15 (RAY_worker_niceness), so "
+                         "other jobs on a shared machine take CPU from stgrl's actors first unless TRL runs at the "
+                         "same (default 15; 0 = as started)")
     ap.add_argument("--wall-s", type=float, default=120.0, help="training wall time per system (default 120)")
     ap.add_argument("--total-steps", type=int, default=None,
                     help="run.total_steps: step cap and length of the lr/σ schedules (default: the config's)")
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--smoke", action="store_true",
                     help="a short run: 20 s per system, checkpoints every 2 steps, 4 held-out records x 2")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
+    g = sub.add_parser("generate-probe", help="stgrl's per-prompt HF generate vs one batched generate of the "
+                       "same prompts (the main venv; one thread; see docs/benchmarks.md)")
+    g.add_argument("--model", type=Path, default=None, help="default: the SFT checkpoint under --workdir")
+    g.add_argument("--repeats", type=int, default=3)
     for name in ("worker-stgrl", "worker-trl", "worker-eval"):
         w = sub.add_parser(name, help=argparse.SUPPRESS)
         w.add_argument("--spec", type=Path, required=True, help="the job spec JSON the orchestrator wrote")
@@ -115,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         w.add_argument("--mode", choices=list(STGRL_MODES), default="sync")
         w.add_argument("--threads", type=int, default=1)
         w.add_argument("--model", type=Path, default=None)
+        w.add_argument("--nice", type=int, default=0, help="raise this process's niceness by N first")
     return ap
 
 
@@ -145,6 +154,8 @@ def validate(args: argparse.Namespace) -> None:
                          f"those steps are exported), got {args.curve_every}")
     if args.eval_parallel < 1:
         raise BenchError(f"--eval-parallel must be >= 1, got {args.eval_parallel}")
+    if not 0 <= args.trl_nice <= 19:
+        raise BenchError(f"--trl-nice must be 0..19, got {args.trl_nice}")
     if any(t < 1 for t in args.trl_threads):
         raise BenchError(f"--trl-threads must all be >= 1, got {args.trl_threads}")
     if not args.config.is_file():
@@ -445,6 +456,8 @@ def worker_trl(args: argparse.Namespace) -> int:
     from stgrl.rollout.video import _size_kwargs
 
     torch.set_num_threads(args.threads)
+    if args.nice:
+        os.nice(args.nice)
     spec, cfg = _load_spec(args.spec)
     t_start = time.perf_counter()
     total = spec["total_steps"]
@@ -544,6 +557,82 @@ def worker_eval(args: argparse.Namespace) -> int:
                              swapped=False, sampled=spec["eval_sampled"])
     metrics["eval_wall_s"] = time.perf_counter() - t0
     (args.out / "result.json").write_text(json.dumps(metrics))
+    return 0
+
+
+def generate_probe(args: argparse.Namespace) -> int:
+    """Where TRL's generation is faster: stgrl's HF engine samples a worker's prompts one ``generate``
+    call each (G rows); TRL samples all its rows in one left-padded call. Same model, prompts of step
+    0, T, top-p and max new tokens, one thread, interleaved repeats; per generated token."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+
+    from stgrl.orchestration.config import load_config
+    from stgrl.orchestration.prompt_source import prompts_for_step
+    from stgrl.orchestration.stage_support import load_split
+    from stgrl.rollout.engine import EnginePrompt, SamplingSpec
+    from stgrl.rollout.hf_engine import STOP_TOKENS, VISION_TOKENS, HFEngine
+    from stgrl.rollout.video import VideoCache, _size_kwargs, prepare_prompt, record_media
+
+    torch.set_num_threads(1)
+    model_path = args.model or args.workdir / "sft" / "sft" / "hf"
+    cfg = load_config(args.config, [*args.overrides, f"model.path={model_path}",
+                                    f"data.train={args.workdir / 'data' / 'train.jsonl'}"])
+    rc = cfg.rollout
+    records, dataset_dir = load_split(cfg.data.train, "train")
+    processor = AutoProcessor.from_pretrained(model_path)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
+    engine = HFEngine(model=model, processor=processor)
+    cache = VideoCache(capacity=64)
+    recs = prompts_for_step(records, 0, rc.prompts_per_step, cfg.run.seed)
+    prepared = [prepare_prompt(r, processor, cfg.data, dataset_dir, cache) for r in recs]
+    spec = SamplingSpec(temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, seed=0)
+    vocab = processor.tokenizer.get_vocab()
+    gen_cfg = GenerationConfig(max_new_tokens=rc.max_new_tokens, do_sample=True, temperature=rc.temperature,
+                               top_p=rc.top_p, top_k=None, num_return_sequences=rc.group_size,
+                               eos_token_id=[vocab[t] for t in STOP_TOKENS if t in vocab],
+                               pad_token_id=processor.tokenizer.pad_token_id,
+                               bad_words_ids=[[vocab[t]] for t in VISION_TOKENS if t in vocab])
+    processor.tokenizer.padding_side = "left"
+
+    def per_prompt(n: int) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        groups = engine.generate_groups([EnginePrompt(model_inputs=p.model_inputs) for p in prepared[:n]],
+                                        rc.group_size, [spec] * n)
+        return time.perf_counter() - t0, sum(len(c.token_ids) for g in groups for c in g)
+
+    def batched(n: int) -> tuple[float, int]:
+        frames = [f for r in recs[:n] for f in record_media(r, dataset_dir, cfg.data, cache).frames]
+        inputs = processor(text=[p.prompt_text for p in prepared[:n]], images=frames, padding=True,
+                           return_tensors="pt", images_kwargs=_size_kwargs(cfg.data))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**inputs, generation_config=gen_cfg)
+        dt = time.perf_counter() - t0
+        new = out[:, inputs["input_ids"].shape[1]:]
+        stops = set(gen_cfg.eos_token_id)
+        tokens = sum(next((i + 1 for i, t in enumerate(row.tolist()) if t in stops), new.shape[1]) for row in new)
+        return dt, tokens
+
+    half = rc.prompts_per_step // max(1, rc.num_workers)
+    cases = {f"stgrl engine, {half} prompts one call each (a worker's step)": lambda: per_prompt(half),
+             f"one batched generate, {half} prompts x G": lambda: batched(half),
+             f"one batched generate, {rc.prompts_per_step} prompts x G (TRL's call)": lambda: batched(rc.prompts_per_step)}
+    for fn in cases.values():  # warm-up
+        fn()
+    times: dict[str, list[tuple[float, int]]] = {k: [] for k in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            times[name].append(fn())
+    base = None
+    for name, runs in times.items():
+        per_token = statistics.median(dt / max(1, n) for dt, n in runs)
+        base = base or per_token
+        log.info("%s: median %.2f s per call, %.0f tokens, %.2f ms per token (%.2fx the engine's)", name,
+                 statistics.median(dt for dt, _ in runs), statistics.median(n for _, n in runs), 1e3 * per_token,
+                 base / per_token)
     return 0
 
 
@@ -667,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker_trl(args)
     if args.command == "worker-eval":
         return worker_eval(args)
+    if args.command == "generate-probe":
+        return generate_probe(args)
     if args.from_json is not None:
         return reprint(args)
     apply_smoke(args)
@@ -710,6 +801,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                         else [(f"stgrl-{system}", ["--mode", system])])
             for name, extra in variants:
                 python = Path(args.trl_python) if system == "trl" else Path(sys.executable)
+                if system == "trl":
+                    extra += ["--nice", str(args.trl_nice)]
                 command = "worker-trl" if system == "trl" else "worker-stgrl"
                 log.info("run %s (%.0f s of training)", name, args.wall_s)
                 runs[name] = run_worker(python, command, spec_path, out / name, extra, env, out / f"{name}.log")
@@ -744,7 +837,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     settings = (f"settings: {args.config.name} {' '.join(args.overrides)}; wall budget {args.wall_s:.0f} s per system, "
                 f"run.total_steps {spec['total_steps']}, checkpoints every {args.checkpoint_every} steps, "
                 f"steps/s after {args.warmup} warm-up steps, held-out {args.eval_samples} records x "
-                f"{args.eval_sampled} draws (+ greedy); TRL threads {args.trl_threads}")
+                f"{args.eval_sampled} draws (+ greedy); TRL threads {args.trl_threads}, TRL niceness {args.trl_nice} "
+                f"(Ray actors: 15)")
     machine = (f"machine: {os.cpu_count()} CPU(s) {platform.machine()}, load average before/after "
                f"{load_before[0]:.1f}/{load_after[0]:.1f}; preparation {t_runs - t_all:.0f} s, runs "
                f"{t_evals - t_runs:.0f} s, evaluations {eval_s:.0f} s, total {time.perf_counter() - t_all:.0f} s")

@@ -44,6 +44,7 @@ def test_defaults_and_smoke_are_valid_without_the_trl_venv():
     (["--total-steps", "3", "--warmup", "2"], "--total-steps must leave at least 2 timed steps"),
     (["--eval-sampled", "0"], "the held-out reward compared is the sampled one"),
     (["--trl-threads", "0"], "--trl-threads must all be >= 1"),
+    (["--trl-nice", "20"], "--trl-nice must be 0..19"),
     (["--checkpoint-every", "4", "--curve-every", "6"], "--curve-every must be a multiple of --checkpoint-every 4"),
     (["--set", "rollout.engine=vllm"], "rollout.engine must be 'hf'"),
     (["--set", "learner.num_minibatches=2"], "num_minibatches=2"),
