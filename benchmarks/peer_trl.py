@@ -22,20 +22,24 @@ The same job for every system:
   advantages (``scale_rewards="none"``; stgrl ``advantage_scale: none``), a sequence-mean loss
   (TRL ``loss_type="grpo"`` with sequence-level ratios = stgrl's ``gspo_loss``);
 - the threads: every stgrl actor and the TRL process run with ``torch_threads`` (1) torch threads;
-  TRL is also run with 2 (``--trl-threads``), since stgrl's pools use both cores at once.
+  TRL is also run with 2 (``--trl-threads``), since stgrl's pools use both cores at once;
+- the priority: Ray starts every actor at niceness 15, so the TRL process is niced to 15 too
+  (``--trl-nice``); otherwise any other job on a shared machine takes the CPU from stgrl first.
 
 Each system trains for ``--wall-s`` seconds of wall time (start-up excluded, reported apart) or
 until ``run.total_steps``, exporting an HF checkpoint every ``--checkpoint-every`` steps and at the
 end. Measured per system, in its own process tree (stgrl: the driver, Ray's daemons and every
 actor; sampled every 0.5 s with psutil): steady-state steps/s (step-end times after
-``--warmup`` steps, checkpoint exports subtracted), peak RSS and PSS summed over the tree, generate
-time per step. Then every checkpoint and the shared start are scored by the project's held-out
+``--warmup`` steps, checkpoint exports subtracted) and 1 / the median step time, CPU seconds per
+step (the work, which other load changes far less than wall time), peak RSS and PSS summed over the
+tree, generate time per step. Then every checkpoint and the shared start are scored by the project's held-out
 evaluation (``evaluate_model``: greedy and ``--eval-sampled`` draws at T 0.7 per prompt, seeded
 per record so all checkpoints see the same random numbers) on ``--eval-samples`` held-out records.
 From those: held-out reward after equal steps (the last checkpoint step all systems reached),
 after equal wall time (each system's final checkpoint at ``--wall-s``), and the wall time to a
-target reward (``--target``; default the lowest final sampled reward of the systems, so that every
-system reaches it).
+target reward (``--target``; default halfway from the start to the best final reward).
+``--from-json`` re-prints a saved run's summary; ``generate-probe`` times stgrl's per-prompt HF
+generate against one batched call of the same prompts (what TRL does).
 
 The TRL system runs in its own venv (``make trl-venv``: ``requirements/trl.lock`` = the core lock +
 trl and what it brings), never in the core install; this file is its worker too, run there with
