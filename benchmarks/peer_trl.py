@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every system (repeatable)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a short run: 20 s per system, checkpoints every 2 steps, 4 held-out records x 2")
+                    help="a short run: 40 s per system, checkpoints every 2 steps, 4 held-out records x 2")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     g = sub.add_parser("generate-probe", help="stgrl's per-prompt HF generate vs one batched generate of the "
                        "same prompts (the main venv; one thread; see docs/benchmarks.md)")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def apply_smoke(args: argparse.Namespace) -> None:
     """`--smoke`: a few steps of each system and a tiny evaluation, to check that everything runs."""
     if args.smoke:
-        args.wall_s, args.checkpoint_every, args.warmup = 20.0, 2, 1
+        args.wall_s, args.checkpoint_every, args.warmup = 40.0, 2, 1  # stgrl's step 0 holds the workers' model load
         args.eval_samples, args.eval_sampled = 4, 2
         args.trl_threads = args.trl_threads[:1]
 
