@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup deps demo test lint test-vllm clean lock lock-image lock-vllm upgrade
+.PHONY: setup deps demo test lint test-vllm clean lock lock-image lock-vllm upgrade trl-venv trl-lock bench-trl
 
 $(STAMP): pyproject.toml setup.py $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -82,5 +82,32 @@ lock-image:
 lock-vllm:
 	rm -rf .venv-vllm && VLLM_LANE_UNLOCKED=1 bash scripts/vllm_lane.sh --collect-only -q
 
+## The TRL peer benchmark (benchmarks/peer_trl.py, docs/benchmarks.md): TRL's GRPOTrainer in GSPO mode
+## runs in its own venv, never in the core install. requirements/trl.lock = requirements/cpu.lock (every
+## core pin, as a constraint) + trl and what it brings, pinned; `make trl-lock` re-resolves it.
+TRL_VENV ?= .venv-trl
+TRL_LOCK := requirements/trl.lock
+TRL_VERSION := 1.16.0
+TRL_STAMP := $(TRL_VENV)/.stamp-trl
+
+$(TRL_STAMP): pyproject.toml setup.py $(TRL_LOCK)
+	@test -x $(TRL_VENV)/bin/python || python3 -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q -c $(TRL_LOCK) pip setuptools wheel
+	$(TRL_VENV)/bin/python -m pip install -q -c $(TRL_LOCK) torch torchvision
+	$(TRL_VENV)/bin/python -m pip install -q -c $(TRL_LOCK) -e '.[dev]' trl==$(TRL_VERSION)
+	$(TRL_VENV)/bin/python scripts/lock.py check $(TRL_LOCK)
+	@touch $(TRL_STAMP)
+
+trl-venv: $(TRL_STAMP)
+
+trl-lock:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) scripts/lock.py resolve --out $(TRL_LOCK) --constraints constraints-cpu.txt --constraints $(LOCK) \
+		--also trl==$(TRL_VERSION)
+
+## stgrl sync, stgrl async and TRL on the same job, one run (~20 min on 2 cores); ARGS=--smoke for a short one.
+bench-trl: setup trl-venv
+	$(PY) benchmarks/peer_trl.py --trl-python $(TRL_VENV)/bin/python $(ARGS)
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRL_VENV) .cache .pytest_cache .ruff_cache

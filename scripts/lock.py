@@ -9,11 +9,15 @@ changed an error message and failed two tests on a fresh install, with nothing i
     python scripts/lock.py check requirements/cpu.lock                      # the venv == the lock?
     python scripts/lock.py freeze --out requirements/vllm-lane.lock        # pin what a venv holds
     python scripts/lock.py diff OLD NEW                                     # which versions moved
+    python scripts/lock.py resolve --out requirements/trl.lock --constraints constraints-cpu.txt \
+        --constraints requirements/cpu.lock --also trl==1.16.0              # the core lock + a peer
 
 `resolve` asks pip's own resolver (``pip install --dry-run --report``) for the set that
 ``-e '.[dev]'`` plus the CPU torch pair (``constraints-cpu.txt``) would install. With ``--keep`` the
 current lock is a constraint too, so nothing moves that still fits (``make lock``, after a change to
 pyproject.toml); without it every package moves to the newest allowed version (``make upgrade``).
+``--also REQ`` adds requirements outside the project (the TRL peer benchmark's ``trl``): with the core
+lock as a constraint, the result is the core lock plus what they bring.
 Standard library only: this runs before anything is installed.
 """
 
@@ -61,12 +65,13 @@ def write_lock(path: Path, pins: dict[str, str], header: str) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def resolve(python: str, constraints: list[Path], extras: str) -> dict[str, str]:
-    """The exact set pip would install for the project with ``extras``, without installing it."""
+def resolve(python: str, constraints: list[Path], extras: str, also: tuple[str, ...] = ()) -> dict[str, str]:
+    """The exact set pip would install for the project with ``extras`` (and the requirements `also`),
+    without installing it."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--report", str(report), "-e", f"{ROOT}[{extras}]", *TOOLS]
+               "--report", str(report), "-e", f"{ROOT}[{extras}]", *TOOLS, *also]
         for c in constraints:
             cmd += ["-c", str(c)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -126,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("resolve", help="re-resolve the lock with pip's resolver (installs nothing)")
     r.add_argument("--out", type=Path, default=ROOT / "requirements" / "cpu.lock")
     r.add_argument("--keep", action="store_true", help="keep the current pins where they still fit")
-    r.add_argument("--constraints", type=Path, default=ROOT / "constraints-cpu.txt",
-                   help="policy pins that every resolution honours (the CPU torch pair; the image's Ray)")
+    r.add_argument("--constraints", type=Path, action="append", default=None,
+                   help="policy pins that every resolution honours (the CPU torch pair; the image's Ray); "
+                        "repeatable; default constraints-cpu.txt")
     r.add_argument("--extras", default="dev")
+    r.add_argument("--also", action="append", default=[], metavar="REQ",
+                   help="a requirement outside the project to resolve with it (repeatable), e.g. trl==1.16.0")
     r.add_argument("--python", default=sys.executable, help="interpreter whose pip resolves")
     c = sub.add_parser("check", help="fail unless the running environment holds exactly the lock")
     c.add_argument("lock", type=Path)
@@ -142,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "resolve":
-        constraints = [args.constraints]
+        constraints = list(args.constraints or [ROOT / "constraints-cpu.txt"])
+        names = ", ".join(c.name for c in constraints)
         if args.keep and args.out.is_file():
             constraints.append(args.out)
         old = read_lock(args.out) if args.out.is_file() else {}
-        pins = resolve(args.python, constraints, args.extras)
+        pins = resolve(args.python, constraints, args.extras, tuple(args.also))
+        also = f", also {', '.join(args.also)}" if args.also else ""
         write_lock(args.out, pins, _header(
-            f"extras [{args.extras}], policy pins of {args.constraints.name}",
+            f"extras [{args.extras}]{also}, policy pins of {names}",
             "make lock / make lock-image: re-resolve keeping the pins that still fit; make upgrade: newest "
             "allowed."))
         rows = moved(old, pins)

@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
 
 REPO = Path(__file__).resolve().parents[2]
-LOCKS = {name: REPO / "requirements" / f"{name}.lock" for name in ("cpu", "vllm-lane", "image")}
+LOCKS = {name: REPO / "requirements" / f"{name}.lock" for name in ("cpu", "vllm-lane", "image", "trl")}
 
 
 def _lock_module():
@@ -77,3 +77,13 @@ def test_the_image_lock_has_vllm_and_the_manifests_ray():
     assert pins["ray"] == ray_version
     assert "vllm" in pins and "deepspeed" in pins and "msgspec" in pins
     assert "requirements/image.lock" in (REPO / "k8s" / "Dockerfile").read_text()
+
+
+def test_the_trl_lock_is_the_core_lock_plus_trl_at_the_makefiles_version():
+    """The TRL peer benchmark's venv (`make trl-venv`) must run stgrl at exactly the core versions, so
+    the two systems differ only in the trainer; TRL itself is pinned where the Makefile installs it."""
+    core, trl = lock.read_lock(LOCKS["cpu"]), lock.read_lock(LOCKS["trl"])
+    assert {name: trl.get(name) for name in core} == core
+    version = re.search(r"^TRL_VERSION := (\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert trl["trl"] == version
+    assert {"datasets", "accelerate"} <= set(trl)
