@@ -17,7 +17,16 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from stgrl.transport.config import TransportConfig
+    from stgrl.transport.security import CurveKeys
+    from stgrl.transport.wire import TrajectoryGroup
+
+    Received = tuple[TrajectoryGroup, dict[str, torch.Tensor]]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +38,12 @@ class InboxTimeout(TimeoutError):
 class TrajectoryInbox:
     """Receives this rank's trajectory groups in a background thread; `take` what a step needs."""
 
-    def __init__(self, cfg: Any, keys: Any = None, *, max_groups: int = 1024, rank: int = 0) -> None:
+    def __init__(self, cfg: TransportConfig, keys: CurveKeys | None = None, *, max_groups: int = 1024, rank: int = 0) -> None:
         self.cfg = cfg
         self.max_groups = max_groups
         self.rank = rank
         self._lock = threading.Condition()
-        self._held: dict[str, tuple[Any, dict]] = {}
+        self._held: dict[str, Received] = {}
         self._trained_through = -1  # groups of steps <= this are late re-sends
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -54,7 +63,7 @@ class TrajectoryInbox:
         if not self.address:
             raise TimeoutError(f"learner rank {rank}: trajectory inbox did not bind within {cfg.timeout_s:.0f}s")
 
-    def _serve(self, keys: Any) -> None:
+    def _serve(self, keys: CurveKeys | None) -> None:
         from stgrl.transport.endpoints import TransportTimeout
         from stgrl.transport.trajectory_channel import TrajectoryReceiver
 
@@ -78,7 +87,7 @@ class TrajectoryInbox:
         finally:
             receiver.close()
 
-    def _hold(self, group: Any, tensors: dict) -> None:
+    def _hold(self, group: TrajectoryGroup, tensors: dict[str, torch.Tensor]) -> None:
         with self._lock:
             if group.step <= self._trained_through:
                 self.dropped_late += 1
@@ -92,7 +101,7 @@ class TrajectoryInbox:
             self.tensor_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
             self._lock.notify_all()
 
-    def take(self, step: int, group_ids: Sequence[str], timeout_s: float) -> list[tuple[Any, dict]]:
+    def take(self, step: int, group_ids: Sequence[str], timeout_s: float) -> list[Received]:
         """The groups ``group_ids`` (in that order) with their tensors, waiting up to ``timeout_s``;
         then forget every group of ``step`` and earlier. `InboxTimeout` names the missing ids."""
         deadline = time.monotonic() + timeout_s
