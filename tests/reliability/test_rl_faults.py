@@ -180,9 +180,10 @@ def _kill_once_busy(pid: int, killed: dict[str, int]) -> None:
 
 
 def _process_ended(pid: int) -> bool:
+    """Gone, or a zombie (reaped between opening /proc/<pid>/stat and reading it reads as ESRCH)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
