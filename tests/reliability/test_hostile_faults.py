@@ -62,6 +62,19 @@ def test_a_worker_restarted_by_ray_rejoins_the_pool(ray_cluster, tmp_path):
     ray.kill(worker)
 
 
+def _wait_until_dead(ray, actor, timeout_s: float = 60.0) -> None:
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.pid.remote(), timeout=timeout_s)
+        except RayActorError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the killed actor still answered after {timeout_s:.0f}s")
+
+
 def test_a_killed_actor_for_good_is_still_removed(ray_cluster, tmp_path):
     """The other side of the same rule: an actor that is dead for good (no restarts left) leaves."""
     import ray
@@ -72,6 +85,7 @@ def test_a_killed_actor_for_good_is_still_removed(ray_cluster, tmp_path):
     worker = _pingable_actor(ray).remote()
     ray.get(worker.pid.remote(), timeout=60)
     ray.kill(worker, no_restart=True)
+    _wait_until_dead(ray, worker)  # `ray.kill` is asynchronous: a call right after it may still be served
     pool.workers = [worker]
     pool.suspect[0] = worker.version.remote()
     deadline = time.monotonic() + 60
