@@ -300,18 +300,8 @@ class RLDriver:
 def truncate_after(run_dir: Path, next_step: int) -> None:
     """On resume, forget what a killed run logged after its last checkpoint (those steps are redone),
     so the ledger and metrics hold each step exactly once."""
-    import json
+    from stgrl.orchestration.metrics import drop_rows_after
 
     for name in ("ledger.jsonl", "metrics.jsonl"):
-        path = Path(run_dir) / name
-        if not path.exists():
-            continue
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] < next_step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line of the killed run
-        path.write_text("".join(line + "\n" for line in kept))
+        drop_rows_after(Path(run_dir) / name, next_step - 1)
 

@@ -181,7 +181,9 @@ def rl_resumes(rd: Path, resume: bool) -> bool:
     `--resume` with no RL checkpoint (killed before its first one, or `stgrl train --resume` after an
     SFT that never reached RL) is a fresh run: appending to the old ledger and metrics would log steps
     twice."""
-    if resume and not (rd / "checkpoints" / "latest").exists():
+    from stgrl.learner.checkpoint import LATEST
+
+    if resume and not (rd / "checkpoints" / LATEST).exists():
         log.info("`--resume`: no RL checkpoint in %s, so RL starts afresh", rd / "checkpoints",
                  extra={"console": True})
         resume = False
