@@ -1,5 +1,6 @@
 """Shared fixtures. One local Ray cluster per test session (Ray init costs ~4 s), with its state,
-token and logs in a temp dir rather than the user's home."""
+token and logs in a temp dir rather than the user's home; the tiny workspace the end-to-end tests
+start from."""
 
 from __future__ import annotations
 
@@ -48,3 +49,25 @@ def ray_cluster(tmp_path_factory):
         ray.shutdown()
         if old_home is not None:
             os.environ["HOME"] = old_home
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory):
+    """Makes the embedded default in a fresh temp dir: the tiny model (``model/``) and synthetic easy
+    splits of the demo config (``data/train.jsonl`` and, when asked, ``data/eval.jsonl``)."""
+
+    def make(name: str, train: int, eval_: int = 0, *, seed: int = 0) -> Path:
+        from stgrl.orchestration.config import load_config
+        from stgrl.rollout.data.synth import generate_split
+        from stgrl.rollout.tiny_model import build_tiny_model
+
+        root = tmp_path_factory.mktemp(name)
+        build_tiny_model(root / "model", seed=0)
+        data_cfg = load_config(REPO_ROOT / "configs" / "demo.yaml").data
+        for split, n in (("train", train), ("eval", eval_)):
+            if n:
+                generate_split(root / "data", split, n, seed=seed, difficulty="easy", data_cfg=data_cfg,
+                               progress=False)
+        return root
+
+    return make

@@ -31,17 +31,8 @@ NOISE = {
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from stgrl.orchestration.config import load_config
-    from stgrl.rollout.data.synth import generate_split
-    from stgrl.rollout.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("console")
-    build_tiny_model(root / "model", seed=0)
-    cfg = load_config(REPO / "configs" / "demo.yaml")
-    generate_split(root / "data", "train", 12, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    generate_split(root / "data", "eval", 4, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    return root
+def workspace(tiny_workspace):
+    return tiny_workspace("console", 12, 4)
 
 
 def test_demo_console_is_progress_and_verdict_only(workspace, tmp_path):

@@ -19,16 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from stgrl.rollout.data.synth import generate_split
-    from stgrl.rollout.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("e2e")
-    build_tiny_model(root / "model", seed=0)
-    cfg = load_config(REPO / "configs" / "demo.yaml")
-    generate_split(root / "data", "train", 24, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    generate_split(root / "data", "eval", 8, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    return root
+def workspace(tiny_workspace):
+    return tiny_workspace("e2e", 24, 8)
 
 
 def _cfg(root: Path, *extra: str):

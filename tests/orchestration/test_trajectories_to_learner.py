@@ -18,15 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from stgrl.rollout.data.synth import generate_split
-    from stgrl.rollout.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("trajectories")
-    build_tiny_model(root / "model", seed=0)
-    cfg = load_config(REPO / "configs" / "demo.yaml")
-    generate_split(root / "data", "train", 8, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    return root
+def workspace(tiny_workspace):
+    return tiny_workspace("trajectories", 8)
 
 
 def test_pixels_go_to_the_learner_ranks_and_never_through_the_driver(ray_cluster, workspace, tmp_path):

@@ -36,15 +36,8 @@ SYNC = ("run.mode=sync", "run.max_staleness=0", "run.total_steps=4", "learner.ch
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from stgrl.rollout.data.synth import generate_split
-    from stgrl.rollout.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("faults")
-    build_tiny_model(root / "model", seed=0)
-    cfg = load_config(REPO / "configs" / "demo.yaml")
-    generate_split(root / "data", "train", 24, seed=1, difficulty="easy", data_cfg=cfg.data, progress=False)
-    return root
+def workspace(tiny_workspace):
+    return tiny_workspace("faults", 24, seed=1)
 
 
 def _overrides(root: Path, *extra: str) -> list[str]:

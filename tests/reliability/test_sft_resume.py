@@ -24,17 +24,8 @@ STEPS, EVERY = 16, 4
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from stgrl.orchestration.config import load_config
-    from stgrl.rollout.data.synth import generate_split
-    from stgrl.rollout.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("sft-resume")
-    build_tiny_model(root / "model", seed=0)
-    cfg = load_config(REPO / "configs" / "demo.yaml")
-    generate_split(root / "data", "train", 12, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    generate_split(root / "data", "eval", 4, seed=0, difficulty="easy", data_cfg=cfg.data, progress=False)
-    return root
+def workspace(tiny_workspace):
+    return tiny_workspace("sft-resume", 12, 4)
 
 
 def _args(root: Path, run_dir: Path, *extra: str) -> list[str]:
